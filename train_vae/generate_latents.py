@@ -1,0 +1,413 @@
+"""Encode training clips once with the frozen teacher encoder and store the latents.
+
+    python train_vae/generate_latents.py --config taef2 --data_dir DIR --output_dir LATENT_DIR \
+        [--num_frames 17] [--resolution 128] [--clips_per_video 4] [--seed 0] \
+        [--files-from LIST.txt] [--store_frames] [--batch_size 1] [--fp16] [--overwrite]
+
+Clips come from ``VideoDataset`` in train mode: random window, resize + random crop, random flip,
+all drawn from ``(seed, clip, index)``. ``clips_per_video`` windows per video are the dataset's
+epochs ``0 .. clips_per_video - 1`` (``set_epoch``). Every window, crop and flip is recorded next
+to its latents, so ``LatentDataset`` rebuilds exactly the pixels that were encoded (see
+``train_vae/latent_dataset.py`` for the file format; ``--store_frames`` also stores those pixels,
+as uint8 ``round((video + 1) * 127.5)``).
+
+One ``.safetensors`` file per sample, written to a temporary file and renamed into place, so an
+interrupted run never leaves a half-written sample; a re-run skips samples that already exist
+(``--overwrite`` regenerates them) and deletes stale ``*.tmp`` files of dead runs.
+``manifest.json`` lists the samples of the requested files x clips and the settings; it is
+rewritten (atomically) as generation proceeds and marked ``"complete": true`` at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import save as safetensors_save
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from models.config import has_teacher, load_config, load_teacher
+from train_vae.data import VideoDataset, collate_videos
+from train_vae.latent_dataset import (FORMAT_VERSION, MANIFEST_NAME, quantize_video, read_manifest,
+                                      read_sample_header, sample_name)
+
+logger = logging.getLogger(__name__)
+
+# settings that decide what a sample is; a folder never mixes samples made with different values
+IDENTITY_KEYS = ("config", "teacher_class", "num_frames", "resolution", "frame_stride", "seed", "random_flip")
+MANIFEST_EVERY = 256  # rewrite the manifest after this many new samples (and after every clip epoch)
+
+
+class SettingsMismatchError(ValueError):
+    """The output folder holds samples generated with other settings."""
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic files
+# ---------------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # nothing of ours is in flight when the cleanup runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def clean_stale_tmp(folder: Path) -> list[str]:
+    """Delete ``*.tmp`` leftovers of crashed runs (those not named after a live process)."""
+    removed = []
+    for entry in os.scandir(folder):
+        if not entry.name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
+            continue
+        parts = entry.name.rsplit(".", 2)  # ".<name>.<pid>.tmp"
+        if len(parts) == 3 and parts[1].isdigit() and _pid_alive(int(parts[1])):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except FileNotFoundError:
+            pass
+    if removed:
+        logger.info("removed %d stale temporary file(s) in %s", len(removed), folder)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------
+
+def _identity(meta: dict[str, Any]) -> dict[str, str]:
+    return {k: str(meta[k]) for k in IDENTITY_KEYS if k in meta}
+
+
+def _check_fits(teacher, num_frames: int, hw: tuple[int, int]) -> None:
+    comp = getattr(teacher, "compression", None)
+    if comp is None:
+        return
+    ct, ch, cw = comp
+    causal = bool(getattr(teacher, "causal", False))
+    ok_t = (num_frames - 1) % ct == 0 if causal else num_frames % ct == 0
+    if not ok_t or hw[0] % ch or hw[1] % cw:
+        need = f"1 + {ct}k" if causal else f"a multiple of {ct}"
+        raise ValueError(f"clips of {num_frames} frames at {hw[0]}x{hw[1]} do not fit the teacher "
+                         f"(compression {tuple(comp)}): frames must be {need}, height/width multiples of {ch}/{cw}")
+
+
+def _existing_ok(path: Path, identity: dict[str, str], need_frames: bool) -> tuple[bool, dict | None]:
+    """(reusable, header) for an existing sample file; raises on a settings mismatch."""
+    if not path.is_file():
+        return False, None
+    try:
+        head = read_sample_header(path)
+    except Exception as e:  # unreadable: regenerate it
+        logger.warning("regenerating unreadable sample %s (%s)", path.name, e)
+        return False, None
+    theirs = _identity(head["metadata"])
+    diff = {k: (theirs.get(k), v) for k, v in identity.items() if theirs.get(k) != v}
+    if diff:
+        raise SettingsMismatchError(
+            f"{str(path)!r} was generated with other settings ({', '.join(f'{k}: {a} != {b}' for k, (a, b) in diff.items())}); "
+            f"use another output folder or --overwrite")
+    if need_frames and not head["has_frames"]:
+        return False, head
+    return True, head
+
+
+def _record(name: str, source: str, clip: int, index: int, frame_indices: Sequence[int],
+            crop: Sequence[int], scale_size: Sequence[int], flip: bool, has_frames: bool) -> dict[str, Any]:
+    return {"file": name, "source": source, "clip": int(clip), "index": int(index),
+            "frame_indices": [int(i) for i in frame_indices], "crop": [int(v) for v in crop],
+            "scale_size": [int(v) for v in scale_size], "flip": bool(flip), "has_frames": bool(has_frames)}
+
+
+def generate_latents(
+    cfg: dict | str | os.PathLike,
+    data_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    num_frames: int | None = None,
+    resolution: int | Sequence[int] = 128,
+    clips_per_video: int = 4,
+    seed: int = 0,
+    files: Sequence[str] | None = None,
+    store_frames: bool = False,
+    teacher=None,
+    progress: bool = True,
+    *,
+    batch_size: int = 1,
+    fp16: bool = False,
+    overwrite: bool = False,
+    frame_stride: int = 1,
+    random_flip: bool = True,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Encode ``clips_per_video`` random clips of every video under ``data_dir`` (or of ``files``)
+    with the teacher of ``cfg`` and write them to ``output_dir``; returns ``output_dir``.
+
+    ``num_frames`` defaults to the config's. ``teacher``: an already loaded teacher (anything with
+    ``encode``); otherwise ``load_teacher(cfg)`` is loaded (only if something is left to encode)
+    on ``device`` (default: CUDA when available). The stored latents are ``teacher.encode`` of
+    the float32 clip, batched ``batch_size`` at a time.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(cfg, dict):
+        cfg = load_config(cfg)
+    if teacher is None and not has_teacher(cfg):
+        raise ValueError(f"config {cfg['name']!r} has no public teacher ({cfg['teacher'].get('note', 'class: none')}): "
+                         f"there is no encoder to generate latents with")
+    num_frames = int(cfg["num_frames"] if num_frames is None else num_frames)
+    hw = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
+    if clips_per_video < 1 or batch_size < 1:
+        raise ValueError("clips_per_video and batch_size must be >= 1")
+    teacher_class = str(cfg["teacher"]["class"])
+
+    # the dataset: train mode, one window per video and epoch; epoch = clip number
+    ds = VideoDataset(data_dir, num_frames=num_frames, resolution=hw, frame_stride=frame_stride,
+                      random_flip=random_flip, train=True, files=files, seed=seed, clips_per_video=1,
+                      cache_dir=cache_dir)
+    out = Path(output_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)
+
+    identity = {"config": str(cfg["name"]), "teacher_class": teacher_class, "num_frames": str(num_frames),
+                "resolution": f"{hw[0]}x{hw[1]}", "frame_stride": str(int(frame_stride)), "seed": str(int(seed)),
+                "random_flip": str(bool(random_flip))}
+    mpath = out / MANIFEST_NAME
+    if mpath.is_file() and not overwrite:
+        old = read_manifest(out)
+        theirs = _identity({**old, "resolution": "x".join(str(v) for v in old.get("resolution", [])),
+                            "random_flip": old.get("random_flip")})
+        diff = {k: (theirs.get(k), v) for k, v in identity.items() if theirs.get(k) != v}
+        if diff:
+            raise SettingsMismatchError(
+                f"latent folder {str(out)!r} holds samples made with other settings "
+                f"({', '.join(f'{k}: {a} != {b}' for k, (a, b) in diff.items())}); "
+                f"use another --output_dir or --overwrite")
+
+    # plan: every (clip, index); reuse what exists
+    plan: list[tuple[int, int, str]] = []
+    records: dict[str, dict[str, Any]] = {}
+    pending: dict[int, list[int]] = {}
+    for clip in range(clips_per_video):
+        for idx in range(len(ds)):
+            name = sample_name(ds.entries[idx].path, clip)
+            plan.append((clip, idx, name))
+            reuse, head = (False, None) if overwrite else _existing_ok(out / name, identity, store_frames)
+            if reuse:
+                meta = head["metadata"]
+                records[name] = _record(name, meta.get("source", ds.entries[idx].path), clip,
+                                        int(meta.get("index", idx)),
+                                        head["frame_indices"], head["crop"], head["scale_size"], head["flip"],
+                                        head["has_frames"])
+            else:
+                pending.setdefault(clip, []).append(idx)
+    n_pending = sum(len(v) for v in pending.values())
+    n_skipped = len(plan) - n_pending
+
+    latent_shape: list[int] | None = None
+    if records:
+        first = next(iter(records))
+        latent_shape = list(read_sample_header(out / first)["shapes"]["latents"])
+
+    if n_pending and teacher is None:
+        teacher = load_teacher(cfg)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher = teacher.to(device)
+    if device is None:
+        params = next(iter(teacher.parameters()), None) if isinstance(teacher, torch.nn.Module) else None
+        device = params.device if params is not None else "cpu"
+    if teacher is not None:
+        _check_fits(teacher, num_frames, hw)
+    latent_channels = getattr(teacher, "latent_channels", cfg.get("latent_channels"))
+
+    def write_manifest(complete: bool, stats: dict | None = None) -> None:
+        samples = [records[name] for _, _, name in plan if name in records]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "complete": complete,
+            "config": str(cfg["name"]),
+            "config_path": cfg.get("path"),
+            "teacher_class": teacher_class,
+            "latent_channels": int(latent_channels) if latent_channels is not None else None,
+            "compression": list(getattr(teacher, "compression", cfg.get("compression")) or []),
+            "num_frames": num_frames,
+            "resolution": list(hw),
+            "frame_stride": int(frame_stride),
+            "seed": int(seed),
+            "random_flip": bool(random_flip),
+            "clips_per_video": int(clips_per_video),
+            "store_frames": bool(store_frames),
+            "latent_dtype": "float16" if fp16 else "float32",
+            "latent_shape": latent_shape,
+            "data_dir": str(ds.data_dir),
+            "frames_encoding": "uint8 (T, H, W, 3) = round((video + 1) * 127.5) of the float video in [-1, 1] "
+                               "the encoder saw; video = frames / 127.5 - 1",
+            "num_videos": len(ds),
+            "num_samples": len(samples),
+            "last_run": stats,
+            "samples": samples,
+        }
+        _atomic_write(mpath, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+
+    write_manifest(complete=n_pending == 0, stats={"written": 0, "skipped": n_skipped} if n_pending else None)
+    bar = tqdm(total=len(plan), initial=n_skipped, desc=f"latents -> {out.name}", unit="clip",
+               disable=not progress, dynamic_ncols=True)
+    written = since_manifest = 0
+    t_gen = time.perf_counter()
+    try:
+        for clip in sorted(pending):
+            ds.set_epoch(clip)  # before the loader iterator exists, so workers copy the right epoch
+            loader = DataLoader(Subset(ds, pending[clip]), batch_size=batch_size, shuffle=False,
+                                num_workers=num_workers, collate_fn=collate_videos,
+                                pin_memory=torch.device(device).type == "cuda")
+            pos = 0
+            for batch in loader:
+                video = batch["video"]
+                with torch.no_grad():
+                    lat = teacher.encode(video.to(device, non_blocking=True)).float().cpu()
+                if lat.shape[0] != video.shape[0]:
+                    raise RuntimeError(f"teacher returned {lat.shape[0]} latents for {video.shape[0]} clips")
+                if latent_shape is None:
+                    latent_shape = list(lat.shape[1:])
+                elif list(lat.shape[1:]) != latent_shape:
+                    raise RuntimeError(f"latent shape {tuple(lat.shape[1:])} differs from earlier samples "
+                                       f"{tuple(latent_shape)} in {str(out)!r}")
+                for i in range(video.shape[0]):
+                    idx = pending[clip][pos]
+                    pos += 1
+                    name = sample_name(ds.entries[idx].path, clip)
+                    z = lat[i].half() if fp16 else lat[i]
+                    if not torch.isfinite(z).all():
+                        raise RuntimeError(f"non-finite latents for {batch['path'][i]!r} clip {clip}"
+                                           + (" (float16 overflow: drop --fp16)" if fp16 else ""))
+                    tensors = {
+                        "latents": z.contiguous(),
+                        "frame_indices": torch.tensor(batch["frame_indices"][i], dtype=torch.int64),
+                        "crop": torch.tensor(batch["crop"][i], dtype=torch.int64),
+                        "scale_size": torch.tensor(batch["scale_size"][i], dtype=torch.int64),
+                        "flip": torch.tensor([int(batch["flip"][i])], dtype=torch.uint8),
+                    }
+                    if store_frames:
+                        tensors["frames"] = quantize_video(video[i])
+                    src = batch["path"][i]
+                    entry = ds.index.get(src)
+                    metadata = {
+                        **identity,
+                        "format_version": str(FORMAT_VERSION),
+                        "source": src,
+                        "clip": str(clip),
+                        "index": str(idx),
+                    }
+                    if entry is not None:  # original frame size: lets LatentDataset notice a changed file
+                        metadata["source_height"], metadata["source_width"] = str(entry.height), str(entry.width)
+                    _atomic_write(out / name, safetensors_save(tensors, metadata=metadata))
+                    records[name] = _record(name, src, clip, idx, batch["frame_indices"][i], batch["crop"][i],
+                                            batch["scale_size"][i], batch["flip"][i], store_frames)
+                    written += 1
+                    since_manifest += 1
+                    bar.update(1)
+                if since_manifest >= MANIFEST_EVERY:
+                    write_manifest(complete=False)
+                    since_manifest = 0
+            write_manifest(complete=False)
+            since_manifest = 0
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t_gen
+    stats = {"written": written, "skipped": n_skipped, "seconds": round(seconds, 3),
+             "samples_per_s": round(written / seconds, 3) if written and seconds > 0 else None,
+             "total_seconds": round(time.perf_counter() - t_start, 3)}
+    write_manifest(complete=True, stats=stats)
+    logger.info("latents in %s: %d written, %d already there (%.1f s)", out, written, n_skipped, seconds)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def read_files_list(path: str | os.PathLike) -> list[str]:
+    """Relative video paths, one per line; blank lines and ``#`` comments are ignored."""
+    lines = Path(path).read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Pre-compute frozen-teacher latents for decoder distillation.")
+    p.add_argument("--config", required=True, help="config name (configs/<name>.yaml) or path")
+    p.add_argument("--data_dir", required=True, help="folder of training videos")
+    p.add_argument("--output_dir", required=True, help="folder for the latent files and manifest.json")
+    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
+    p.add_argument("--resolution", type=int, default=128, help="square clip size in pixels")
+    p.add_argument("--clips_per_video", type=int, default=4, help="random windows per video")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--files-from", "--files_from", dest="files_from", default=None,
+                   help="text file with the relative paths to use, one per line (default: all videos)")
+    p.add_argument("--store_frames", action="store_true",
+                   help="also store the encoded pixels as uint8 round((v + 1) * 127.5)")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--fp16", action="store_true", help="store latents as float16")
+    p.add_argument("--overwrite", action="store_true", help="regenerate samples that already exist")
+    p.add_argument("--frame_stride", type=int, default=1)
+    p.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for video decoding")
+    p.add_argument("--device", default=None, help="device for the teacher (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    files = read_files_list(args.files_from) if args.files_from else None
+    try:
+        out = generate_latents(
+            args.config, args.data_dir, args.output_dir, num_frames=args.num_frames, resolution=args.resolution,
+            clips_per_video=args.clips_per_video, seed=args.seed, files=files, store_frames=args.store_frames,
+            progress=not args.quiet, batch_size=args.batch_size, fp16=args.fp16, overwrite=args.overwrite,
+            frame_stride=args.frame_stride, random_flip=not args.no_flip, num_workers=args.num_workers,
+            device=args.device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stats = json.loads((out / MANIFEST_NAME).read_text())
+    last = stats.get("last_run") or {}
+    print(f"{stats['num_samples']} samples in {out} ({last.get('written', 0)} written, "
+          f"{last.get('skipped', 0)} already there; {last.get('samples_per_s')} samples/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
