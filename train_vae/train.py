@@ -1,0 +1,501 @@
+"""Decoder-only distillation of a Turbo-VAED student from a frozen teacher VAE.
+
+    accelerate launch train_vae/train.py --config ltx --data_dir DIR --output_dir OUT [overrides]
+    python train_vae/train.py            # CPU demo: TAEF2 teacher (see train.sh)
+
+Per step, for each micro-batch: latents come from the cache (``--latents_dir``) or from the frozen teacher
+encoder; the student decodes them; the frozen teacher runs only up to the deepest aligned block for
+the distillation targets; the loss is L1 + LPIPS-VGG + distillation (+ the GAN term from
+``disc_start`` on). Settings: defaults below, then the config's ``train:`` section, then the command line.
+
+Outputs in OUTPUT_DIR: ``student/`` (EMA weights, ``TurboVAED.from_pretrained``), ``checkpoints/step_N/``
+(full training state, written atomically; ``checkpoints/latest`` names the newest), ``log.jsonl``,
+``loss.png``, ``final_metrics.json``, and a wandb run (offline unless WANDB_MODE says otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from models.config import build_student, has_teacher, load_config, load_teacher
+from models.student import TurboVAED
+from train_vae.data import VideoDataset, VideoIndex, collate_videos, make_procedural_clips, split_files
+from train_vae.losses import (DistillationLoss, PatchDiscriminator3d, ReconstructionLoss, adaptive_weight,
+                              generator_adv_loss, hinge_d_loss)
+from train_vae.metrics import psnr, to_unit
+
+DEFAULTS = dict(
+    data_dir=None, output_dir=None, latents_dir=None, max_steps=1000, resolution=256, num_frames=None,
+    frame_stride=1, batch_size=1, grad_accum=1, seed=0, resume=None, lr=2e-4, lr_schedule="constant",
+    warmup_steps=0, adam_betas=(0.9, 0.95), weight_decay=0.0, max_grad_norm=1.0, ema_decay=0.999,
+    lpips_weight=1.0, lpips_frames=None, distill_weight=1.0, distill_loss="l1", disc_weight=0.05,
+    disc_start=None, disc_channels=32, disc_lr=None, num_holdout=3, clips_per_video=4, val_every=100,
+    log_every=10, checkpoint_every=500, keep_checkpoints=2, mixed_precision="no", num_workers=0,
+    report_to="wandb", channels_last=True, cache_latents=False,
+)
+
+
+# ---- small pieces of training state --------------------------------------------------------------
+class EMA:
+    """Exponential moving average of a model's state, with the usual warm-up (decay grows from 0.1)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone().float().contiguous() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for k, v in model.state_dict().items():
+            self.shadow[k].lerp_(v.detach().float(), 1 - d)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow, strict=True)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.num_updates = state["decay"], state["num_updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+@dataclass
+class Progress:
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+class Generator(nn.Module):
+    """What the generator optimizer trains: the student and the distillation projection heads."""
+
+    def __init__(self, student: TurboVAED, distill: DistillationLoss | None):
+        super().__init__()
+        self.student = student
+        self.distill = distill
+
+    def forward(self, latents: torch.Tensor):
+        blocks = self.distill.student_blocks if self.distill is not None else ()
+        out = self.student(latents, return_features=tuple(blocks))
+        return out if blocks else (out, {})
+
+
+def micro_batches(dataset, batch_size: int, seed: int, start: int, rank: int = 0, world: int = 1,
+                  num_workers: int = 0, collate=None):
+    """Micro-batches from global index ``start`` on. Epoch e visits the samples in a permutation seeded by
+    (seed, e), split across ranks; so the data position of any step is known, which makes resume exact."""
+    n = len(dataset)
+    per_epoch = n // (batch_size * world)
+    if per_epoch == 0:
+        raise ValueError(f"{n} training samples cannot fill one batch of {batch_size} on {world} process(es)")
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        mine = perm[: per_epoch * batch_size * world][rank::world]
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        # its own generator: a DataLoader iterator otherwise draws its seed from the global RNG, which
+        # would shift every later random draw of a resumed run
+        loader = DataLoader(Subset(dataset, mine[offset * batch_size:]), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=collate, drop_last=True,
+                            generator=torch.Generator().manual_seed(seed + epoch))
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---- settings ------------------------------------------------------------------------------------
+def parse_args(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="taef2", help="config name (configs/NAME.yaml) or path")
+    for key, default in DEFAULTS.items():
+        if key in ("adam_betas", "channels_last", "cache_latents"):
+            continue
+        kind = type(default) if default is not None else str
+        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr"):
+            kind = float if key == "disc_lr" else int
+        ap.add_argument(f"--{key}", type=kind, default=None, help=f"default: {default} (or the config's train: value)")
+    ap.add_argument("--no_channels_last", dest="channels_last", action="store_false", default=None,
+                    help="keep the default memory layout (channels_last_3d is ~10x faster for depthwise backward on CPU)")
+    args = vars(ap.parse_args(argv))
+    cfg = load_config(args.pop("config"))
+    settings = {**DEFAULTS, **cfg.get("train", {}), **{k: v for k, v in args.items() if v is not None}}
+    settings["adam_betas"] = tuple(settings["adam_betas"])
+    settings["num_frames"] = settings["num_frames"] or cfg["num_frames"]
+    settings["output_dir"] = settings["output_dir"] or f"outputs/{cfg['name']}"
+    if settings["cache_latents"] and not settings["latents_dir"]:  # the config asks for a latent cache
+        settings["latents_dir"] = str(Path(settings["output_dir"]) / "latents")
+    if settings["disc_start"] is None:
+        settings["disc_start"] = settings["max_steps"]  # no GAN stage unless asked for
+    if settings["report_to"] not in ("wandb", "none"):
+        raise ValueError(f"--report_to must be 'wandb' or 'none', got {settings['report_to']!r}")
+    return {"cfg": cfg, **settings}
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, s: dict, accelerator: Accelerator | None = None):
+        self.s = s
+        self.cfg = s["cfg"]
+        if not has_teacher(self.cfg):
+            raise ValueError(f"config {self.cfg['name']} has no public teacher to distill from")
+        self.acc = accelerator or Accelerator(mixed_precision=s["mixed_precision"])
+        self.out = Path(s["output_dir"])
+        self.ckpt_dir = self.out / "checkpoints"
+        if self.acc.is_main_process:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(s["seed"])
+        self.device = self.acc.device
+        self.mem = torch.channels_last_3d if s["channels_last"] else torch.contiguous_format
+        self.teacher = load_teacher(self.cfg).to(self.device)
+        self._setup_data()
+        student = build_student(self.cfg).to(self.device, memory_format=self.mem)
+        distill = self._build_distillation(student) if s["distill_weight"] > 0 else None
+        self.model = Generator(student, distill).to(self.device, memory_format=self.mem)
+        self.recon = ReconstructionLoss(s["lpips_weight"], s["lpips_frames"]).to(self.device)
+        self.ema = EMA(student, s["ema_decay"])
+        # built once: a fresh model's random init would draw from the global RNG at every validation and
+        # checkpoint, and a resumed run would then see different random numbers than an uninterrupted one
+        self._ema_model = build_student(self.cfg).to(self.device).eval().requires_grad_(False)
+        self.progress = Progress()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=s["lr"], betas=s["adam_betas"], weight_decay=s["weight_decay"])
+        self.sched = self._schedule(self.opt)
+        self.use_gan = s["disc_weight"] > 0 and s["disc_start"] < s["max_steps"]
+        prepared = [self.model, self.opt, self.sched]
+        if self.use_gan:
+            self.disc = PatchDiscriminator3d(s["disc_channels"]).to(self.device, memory_format=self.mem)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=s["disc_lr"] or s["lr"], betas=s["adam_betas"])
+            # the discriminator's own scaler: never share the generator's (a reference-code defect)
+            self.disc_scaler = torch.amp.GradScaler(self.device.type) if s["mixed_precision"] == "fp16" else None
+            prepared += [self.disc, self.disc_opt]
+        prepared = self.acc.prepare(*prepared)
+        self.model, self.opt, self.sched = prepared[:3]
+        if self.use_gan:
+            self.disc, self.disc_opt = prepared[3:]
+        self.acc.register_for_checkpointing(self.ema, self.progress)
+        self.log_path = self.out / "log.jsonl"
+        self.history: list[dict] = []
+
+    # -- data
+    def _setup_data(self) -> None:
+        s = self.s
+        data_dir = s["data_dir"]
+        if data_dir is None:
+            raise ValueError("--data_dir is required (train.sh picks a demo folder when none is given)")
+        index = VideoIndex(data_dir, num_frames=s["num_frames"], frame_stride=s["frame_stride"])
+        if len(index.entries) <= s["num_holdout"]:
+            raise ValueError(f"{data_dir}: {len(index.entries)} usable clips, need more than --num_holdout "
+                             f"{s['num_holdout']} to hold some out for validation")
+        self.train_files, self.holdout_files = split_files(index, s["num_holdout"], s["seed"])
+        if s["latents_dir"]:
+            from train_vae.generate_latents import generate_latents
+            from train_vae.latent_dataset import LatentDataset, collate_latents
+            latents_dir = Path(s["latents_dir"])
+            if self.acc.is_main_process and not (latents_dir / "manifest.json").is_file():
+                generate_latents(self.cfg, data_dir, latents_dir, num_frames=s["num_frames"],
+                                 resolution=s["resolution"], clips_per_video=s["clips_per_video"], seed=s["seed"],
+                                 files=self.train_files, store_frames=True, teacher=self.teacher)
+            self.acc.wait_for_everyone()
+            self.train_set, self.collate = LatentDataset(latents_dir, data_dir), collate_latents
+        else:
+            self.train_set = VideoDataset(data_dir, num_frames=s["num_frames"], resolution=s["resolution"],
+                                          frame_stride=s["frame_stride"], train=True, files=self.train_files,
+                                          seed=s["seed"], clips_per_video=s["clips_per_video"], index=index)
+            self.collate = collate_videos
+        held = VideoDataset(data_dir, num_frames=s["num_frames"], resolution=s["resolution"],
+                            frame_stride=s["frame_stride"], train=False, files=self.holdout_files, index=index)
+        videos = torch.stack([held[i]["video"] for i in range(len(held))]).to(self.device)
+        self.val_video = videos
+        self.val_latents = torch.cat([self.teacher.encode(v[None]) for v in videos])
+        teacher_rec = torch.cat([self.teacher.decode(z[None]).clamp(-1, 1) for z in self.val_latents])
+        self.teacher_val_psnr = psnr(to_unit(teacher_rec), to_unit(videos)).mean().item()
+
+    def batches(self, start_micro: int):
+        return micro_batches(self.train_set, self.s["batch_size"], self.s["seed"], start_micro,
+                             self.acc.process_index, self.acc.num_processes, self.s["num_workers"], self.collate)
+
+    def latents_and_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        video = batch["video"].to(self.device)
+        latents = batch["latents"].to(self.device) if "latents" in batch else self.teacher.encode(video)
+        return latents.contiguous(memory_format=self.mem), video
+
+    # -- model pieces
+    def _build_distillation(self, student: TurboVAED) -> DistillationLoss:
+        pairs = [(a["student"], a["teacher"]) for a in self.cfg["align"]]
+        if not pairs:
+            raise ValueError(f"config {self.cfg['name']} aligns no blocks: use --distill_weight 0")
+        z = self.val_latents[:1]
+        with torch.no_grad():
+            _, sf = student(z, return_features=tuple({s for s, _ in pairs}))
+            tf = self.teacher.features(z, sorted({t for _, t in pairs}))
+        return DistillationLoss(pairs, {k: v.shape for k, v in sf.items()}, {k: v.shape for k, v in tf.items()},
+                                self.s["distill_loss"])
+
+    def _schedule(self, opt):
+        s = self.s
+        total, warm = s["max_steps"], s["warmup_steps"]
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if s["lr_schedule"] == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+            if s["lr_schedule"] != "constant":
+                raise ValueError(f"--lr_schedule must be constant or cosine, got {s['lr_schedule']!r}")
+            return 1.0
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def teacher_features(self, latents: torch.Tensor, blocks: list[str]) -> dict[str, torch.Tensor]:
+        """Distillation targets: the teacher decoder runs only up to the deepest of ``blocks``."""
+        return self.teacher.features(latents, blocks)
+
+    @property
+    def student(self) -> TurboVAED:
+        return self.acc.unwrap_model(self.model).student
+
+    # -- one optimisation step
+    def train_step(self, micro_batches_iter) -> dict[str, float]:
+        s, acc = self.s, self.acc
+        gan_on = self.use_gan and self.progress.step >= s["disc_start"]
+        totals: dict[str, float] = {}
+        n = s["grad_accum"]
+        for i in range(n):
+            latents, video = self.latents_and_video(next(micro_batches_iter))
+            sync = acc.no_sync(self.model) if i < n - 1 else contextlib.nullcontext()
+            with sync, acc.autocast():
+                rec, sfeats = self.model(latents)
+                losses = self.recon(rec, video)
+                nll = losses["l1"] + s["lpips_weight"] * losses.get("lpips", 0.0)
+                loss = nll
+                if s["distill_weight"] > 0:
+                    unwrapped = acc.unwrap_model(self.model)
+                    tfeats = self.teacher_features(latents, unwrapped.distill.teacher_blocks)
+                    d = unwrapped.distill(sfeats, tfeats)
+                    losses.update(d)
+                    loss = loss + s["distill_weight"] * sum(d.values())
+                if gan_on:
+                    self.disc.requires_grad_(False)  # the generator's loss must not reach the discriminator
+                    g_adv = generator_adv_loss(self.disc(rec))
+                    self.disc.requires_grad_(True)
+                    lam = adaptive_weight(nll, g_adv, self.student.conv_out.conv.weight)
+                    losses["g_adv"], losses["adaptive_weight"] = g_adv, lam
+                    loss = loss + s["disc_weight"] * lam * g_adv
+            losses["loss"] = loss
+            self._check_finite(losses)
+            acc.backward(loss / n)
+            if gan_on:
+                with acc.autocast():
+                    d_loss = hinge_d_loss(self.disc(video), self.disc(rec.detach()))
+                self._check_finite({"d_loss": d_loss})
+                losses["d_loss"] = d_loss
+                (self.disc_scaler.scale(d_loss / n) if self.disc_scaler else d_loss / n).backward()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / n
+        if s["max_grad_norm"]:
+            acc.clip_grad_norm_(self.model.parameters(), s["max_grad_norm"])
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if gan_on:
+            if self.disc_scaler:
+                self.disc_scaler.step(self.disc_opt)
+                self.disc_scaler.update()
+            else:
+                self.disc_opt.step()
+            self.disc_opt.zero_grad(set_to_none=True)
+        self.ema.update(self.student)
+        self.progress.step += 1
+        return totals
+
+    def _check_finite(self, losses: dict) -> None:
+        bad = {k: float(v) for k, v in losses.items() if torch.is_tensor(v) and not torch.isfinite(v).all()}
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss at step {self.progress.step}: {bad}. Training stopped before this step's "
+                f"update; the newest checkpoint in {self.ckpt_dir} is from before it. Lower --lr or check the data.")
+
+    # -- validation, checkpoints, logging
+    def ema_student(self) -> TurboVAED:
+        self.ema.copy_to(self._ema_model)
+        return self._ema_model
+
+    @torch.no_grad()
+    def validate(self, model: TurboVAED | None = None) -> float:
+        model = model or self.ema_student()
+        rec = torch.cat([model(z[None]).clamp(-1, 1) for z in self.val_latents])
+        return psnr(to_unit(rec), to_unit(self.val_video)).mean().item()
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_N atomically (temp folder, then rename), then point ``latest`` at it."""
+        acc = self.acc
+        name = f"step_{self.progress.step:06d}"
+        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=False)
+        if acc.is_main_process:
+            self.ema_student().save_pretrained(tmp / "student")
+            _atomic_write(tmp / "settings.json", json.dumps(_jsonable(self.s), indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _atomic_write(self.ckpt_dir / "latest", name)
+            done = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
+            for old in done[: max(0, len(done) - self.s["keep_checkpoints"])]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self, which: str) -> None:
+        if which == "latest":
+            pointer = self.ckpt_dir / "latest"
+            if not pointer.is_file():
+                raise FileNotFoundError(f"--resume latest: no checkpoint in {self.ckpt_dir}")
+            path = self.ckpt_dir / pointer.read_text().strip()
+        else:
+            path = Path(which)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        self.acc.load_state(str(path))
+        if self.log_path.is_file():  # keep the log consistent with the restored step
+            rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r["step"] <= self.progress.step]
+            if self.acc.is_main_process:
+                _atomic_write(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def log(self, row: dict) -> None:
+        self.history.append(row)
+        if self.acc.is_main_process:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.wandb is not None:
+                self.wandb.log(row, step=row["step"])
+
+    def plot(self) -> None:
+        if not self.acc.is_main_process:
+            return
+        from train_vae.plots import plot_training
+        plot_training(self.history, self.out / "loss.png", self.teacher_val_psnr)
+
+    # -- the loop
+    def fit(self) -> dict:
+        s, acc = self.s, self.acc
+        self.wandb = _init_wandb(s, self.out) if acc.is_main_process and s["report_to"] == "wandb" else None
+        if s["resume"]:
+            self.resume(s["resume"])
+        start = self.progress.step
+        stream = self.batches(start * s["grad_accum"])
+        if start == 0:
+            self.log({"step": 0, "val_psnr": self.validate(), "teacher_val_psnr": self.teacher_val_psnr})
+        bar = tqdm(total=s["max_steps"], initial=start, disable=not acc.is_main_process, desc="train", unit="step")
+        t0, steps_since = time.perf_counter(), 0
+        while self.progress.step < s["max_steps"]:
+            losses = self.train_step(stream)
+            step, steps_since = self.progress.step, steps_since + 1
+            bar.update(1)
+            if step % s["log_every"] == 0 or step == s["max_steps"]:
+                sec = (time.perf_counter() - t0) / steps_since
+                row = {"step": step, **{k: round(v, 6) for k, v in losses.items()},
+                       "lr": self.sched.get_last_lr()[0], "sec_per_step": round(sec, 4)}
+                if step % s["val_every"] == 0 or step == s["max_steps"]:
+                    row["val_psnr"] = self.validate()
+                    row["teacher_val_psnr"] = self.teacher_val_psnr
+                self.log(row)
+                bar.set_postfix(loss=f"{losses['loss']:.4f}", val=row.get("val_psnr", ""))
+                self.plot()
+                t0, steps_since = time.perf_counter(), 0
+            if step % s["checkpoint_every"] == 0 or step == s["max_steps"]:
+                self.save_checkpoint()
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Save the EMA student and compare it with the teacher on the held-out clips (PSNR, LPIPS-alex)."""
+        from train_vae.lpips import LPIPS
+        model = self.ema_student()
+        result = {"step": self.progress.step, "n_holdout_clips": len(self.holdout_files),
+                  "holdout_files": self.holdout_files}
+        if self.acc.is_main_process:
+            model.save_pretrained(self.out / "student")
+            lpips = LPIPS("alex").to(self.device)
+            with torch.no_grad():
+                for who, decode in (("teacher", self.teacher.decode), ("student", model)):
+                    rec = torch.cat([decode(z[None]).clamp(-1, 1) for z in self.val_latents])
+                    result[f"{who}_psnr"] = psnr(to_unit(rec), to_unit(self.val_video)).mean().item()
+                    result[f"{who}_lpips"] = lpips(rec, self.val_video).mean().item()
+            result["psnr_retention"] = result["student_psnr"] / result["teacher_psnr"]
+            _atomic_write(self.out / "final_metrics.json", json.dumps(result, indent=1))
+            if self.wandb is not None:
+                self.wandb.summary.update(result)
+                self.wandb.finish()
+        self.acc.wait_for_everyone()
+        return result
+
+
+def _jsonable(s: dict) -> dict:
+    return {k: v for k, v in s.items() if k != "cfg"} | {"config": s["cfg"]["name"]}
+
+
+def _init_wandb(s: dict, out: Path):
+    try:
+        import wandb
+        os.environ.setdefault("WANDB_MODE", "offline")
+        return wandb.init(project="turbo-vaed", name=out.name, dir=str(out), config=_jsonable(s))
+    except Exception as e:  # logging must never stop training
+        print(f"wandb disabled: {e}", file=sys.stderr)
+        return None
+
+
+def demo_data_dir(output_dir: str) -> str:
+    """The demo's data: $TURBO_VAED_ASSETS/clips if set, else procedural clips generated once."""
+    assets = os.environ.get("TURBO_VAED_ASSETS")
+    if assets and (Path(assets) / "clips").is_dir():
+        return str(Path(assets) / "clips")
+    folder = Path(output_dir) / "procedural_clips"
+    if not any(folder.glob("*.mp4")):
+        make_procedural_clips(folder, num_clips=12, num_frames=48, size=(256, 256))
+    return str(folder)
+
+
+def main(argv=None) -> dict:
+    s = parse_args(argv)
+    if s["data_dir"] is None:
+        s["data_dir"] = demo_data_dir(s["output_dir"])
+    trainer = Trainer(s)
+    result = trainer.fit()
+    if trainer.acc.is_main_process:
+        print(json.dumps({k: v for k, v in result.items() if k != "holdout_files"}, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
