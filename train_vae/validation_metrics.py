@@ -1,0 +1,535 @@
+"""Reconstruction metrics of a Turbo-VAED student against its teacher on held-out clips.
+
+    torchrun --nproc_per_node N train_vae/validation_metrics.py --config CONFIG --student DIR \\
+        --data_dir DIR --num_frames 17 --resolution 256 --output metrics.json \\
+        [--max_clips K] [--clips_per_video M] [--fvd_weights PATH]
+
+(or plain ``python train_vae/validation_metrics.py ...`` for one process). For every clip the
+teacher encodes the ground truth once; teacher and student decode the same latents. Per clip:
+PSNR and SSIM on ``to_unit`` of the clamped frames, LPIPS (AlexNet) on [-1, 1] clamped frames, and
+I3D features of ground truth, teacher and student reconstructions (clamped, [-1, 1]) for rFVD.
+Nothing is min-max normalised (DESIGN.md section 6).
+
+Clips: every usable video under ``--data_dir`` (sorted by relative path) gives ``--clips_per_video``
+windows of ``num_frames`` consecutive frames, deterministically (one window: the centred one, as
+``VideoDataset(train=False)``; M windows: the centred window of each of M equal segments), resized
+(short side to ``resolution``, bilinear, antialiased) and centre-cropped to a square. Clip ids
+number them in that order; ``--max_clips`` keeps the first K.
+
+Distributed: under torchrun (``RANK``/``WORLD_SIZE`` set) the process group uses gloo on CPU and
+nccl on CUDA; rank r takes clips r, r + N, ...; per-clip rows and I3D features are gathered to every
+rank and rank 0 sorts them by clip id, computes means and rFVD and writes the JSON, so 1 and N
+processes give the same numbers.
+
+JSON: ``teacher`` / ``student``: mean ``psnr``, ``ssim``, ``lpips``, ``rfvd`` (rFVD of the
+reconstructions against the ground truth; null with ``fvd_note`` when fewer than 2 clips or fewer
+than 9 frames); ``fvd_student_vs_teacher``: FD between student and teacher reconstruction features
+(0 when the student is the teacher); ``retention``: student / teacher for PSNR and SSIM;
+``n_clips``; ``settings``; ``clips``: the per-clip rows sorted by ``clip_id``; ``skipped``: clips
+that could not be read.
+
+``--student``: a ``save_pretrained`` folder (config.json + weights), a folder holding one in
+``student/`` (a training output folder or a checkpoint ``checkpoints/step_XXXXXX/``), or the word
+``teacher`` (the teacher against itself).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a script: import the project, not train_vae/*.py
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import argparse
+import datetime
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Clip", "load_student", "resolve_student_dir", "list_clips", "window_starts", "load_clip",
+    "read_clip_frames", "resize_crop_video", "check_geometry", "latent_frames_for", "summarize",
+    "markdown_table", "main",
+]
+
+I3D_MIN_FRAMES = 9
+
+
+# ---------------------------------------------------------------------------------------------
+# student resolution
+# ---------------------------------------------------------------------------------------------
+
+def resolve_student_dir(path: str | os.PathLike) -> Path:
+    """The ``save_pretrained`` folder a ``--student`` path points at: the folder itself when it holds
+    ``config.json``, else its ``student/`` subfolder when that holds one. Raises FileNotFoundError
+    naming what was looked for (and any checkpoints found under the folder) otherwise."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"student path {str(p)!r} does not exist (expected a save_pretrained folder, "
+                                f"a folder with a student/ subfolder, or the word 'teacher')")
+    if p.is_dir() and (p / "config.json").is_file():
+        return p
+    if p.is_dir() and (p / "student" / "config.json").is_file():
+        return p / "student"
+    hint = ""
+    ckpts = sorted(p.glob("checkpoints/*/student/config.json")) if p.is_dir() else []
+    if ckpts:
+        hint = (f"; it has {len(ckpts)} checkpoint(s), e.g. pass {str(ckpts[-1].parent.parent)!r} "
+                f"(the latest) to evaluate its EMA weights")
+    raise FileNotFoundError(
+        f"student path {str(p)!r} is neither a save_pretrained folder (config.json + "
+        f"diffusion_pytorch_model.safetensors) nor a folder with a student/ subfolder holding one "
+        f"(training output or checkpoint folder){hint}")
+
+
+def load_student(path_or_teacher: str | os.PathLike, cfg: dict, teacher: torch.nn.Module | None = None,
+                 device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The decoder to evaluate as "student": ``"teacher"`` gives the teacher itself (``teacher`` if
+    given, else ``load_teacher(cfg)``); otherwise ``TurboVAED.from_pretrained`` (strict) of the folder
+    ``resolve_student_dir`` finds. The student must read the config's latent space (channels and
+    compression), else ValueError. Returned in eval mode on ``device``."""
+    from models.config import has_teacher, load_teacher
+    from models.student import TurboVAED
+
+    if str(path_or_teacher).strip().lower() == "teacher":
+        if teacher is None:
+            if not has_teacher(cfg):
+                raise ValueError(f"config {cfg.get('name')!r} has no teacher, so --student teacher is impossible")
+            teacher = load_teacher(cfg)
+        return teacher.to(device).eval()
+    folder = resolve_student_dir(path_or_teacher)
+    student = TurboVAED.from_pretrained(str(folder))
+    c = student.config
+    want_ch = int(cfg["latent_channels"])
+    want_comp = tuple(int(v) for v in cfg["compression"])
+    if c.latent_channels != want_ch or tuple(student.compression) != want_comp:
+        raise ValueError(
+            f"student at {str(folder)!r} decodes {c.latent_channels}-channel latents with compression "
+            f"{tuple(student.compression)}, but config {cfg.get('name')!r} has {want_ch} channels and compression "
+            f"{want_comp}: wrong --config for this student?")
+    return student.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# clips
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Clip:
+    clip_id: int
+    path: str  # relative to the data folder ('/'-separated), or the file name for a single file
+    full_path: str
+    start: int  # first frame of the window
+    num_frames: int
+    video_frames: int
+    height: int
+    width: int
+    fps: float
+    reader: str
+
+    @property
+    def frame_indices(self) -> list[int]:
+        return list(range(self.start, self.start + self.num_frames))
+
+
+def window_starts(total: int, span: int, count: int) -> list[int]:
+    """Start frames of ``count`` windows of ``span`` frames in a video of ``total`` frames: one window
+    is centred (``(total - span) // 2``); several are the centred windows of ``count`` equal segments
+    (clamped to the video; duplicates dropped)."""
+    if total < span:
+        raise ValueError(f"video of {total} frames is shorter than a window of {span}")
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    out: list[int] = []
+    for j in range(count):
+        s = ((2 * j + 1) * total - count * span) // (2 * count)
+        s = min(max(s, 0), total - span)
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def list_clips(data: str | os.PathLike, num_frames: int, clips_per_video: int = 1, max_clips: int | None = None,
+               min_short_side: int = 64) -> list[Clip]:
+    """Deterministic clip list of a folder (all usable videos, sorted by relative path) or one file."""
+    from train_vae.data import VideoIndex, probe_video
+
+    p = Path(data).expanduser()
+    if p.is_file():
+        info = probe_video(p)
+        if info.frames < num_frames:
+            raise ValueError(f"{str(p)!r} has {info.frames} frames, fewer than --num_frames {num_frames}")
+        entries = [(p.name, str(p.resolve()), info.frames, info.height, info.width, info.fps, info.reader)]
+    elif p.is_dir():
+        index = VideoIndex(p, num_frames=num_frames, min_short_side=min_short_side)
+        entries = [(e.path, str(index.data_dir / e.path), e.frames, e.height, e.width, e.fps, e.reader)
+                   for e in index.entries]
+    else:
+        raise FileNotFoundError(f"data path {str(p)!r} is neither a video file nor a folder")
+    clips: list[Clip] = []
+    for rel, full, frames, h, w, fps, reader in entries:
+        for s in window_starts(frames, num_frames, clips_per_video):
+            clips.append(Clip(len(clips), rel, full, s, num_frames, frames, h, w, fps, reader))
+            if max_clips is not None and len(clips) >= max_clips:
+                return clips
+    return clips
+
+
+def read_clip_frames(clip: Clip) -> torch.Tensor:
+    """uint8 (T, H, W, 3) frames of a clip at the video's own size."""
+    from train_vae.data import read_video_frames
+
+    backend = "pyav" if clip.reader == "pyav" else "auto"
+    frames = read_video_frames(clip.full_path, clip.frame_indices, backend=backend, check_seek=False)
+    if frames.shape[0] != clip.num_frames:
+        raise RuntimeError(f"read {frames.shape[0]} frames of {clip.path}, expected {clip.num_frames}")
+    return frames
+
+
+def resize_crop_video(frames: torch.Tensor, scale_size: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 (T, h, w, 3) -> float32 (3, T, H, W) in [-1, 1]: resize to ``scale_size`` (bilinear,
+    antialiased; skipped when equal) and centre-crop to ``out_hw``."""
+    from train_vae.data import resize_crop_frames
+
+    rh, rw = scale_size
+    H, W = out_hw
+    if H > rh or W > rw:
+        raise ValueError(f"crop {out_hw} larger than the resized frame {scale_size}")
+    crop = ((rh - H) // 2, (rw - W) // 2, H, W)
+    return resize_crop_frames(frames, (rh, rw), crop).permute(1, 0, 2, 3).contiguous()
+
+
+def load_clip(clip: Clip, resolution: int | tuple[int, int]) -> torch.Tensor:
+    """(3, T, R, R) float32 in [-1, 1]: short side resized to ``resolution`` and centre-cropped, as
+    ``VideoDataset(train=False)`` does."""
+    from train_vae.data import scale_size_for
+
+    hw = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    frames = read_clip_frames(clip)
+    return resize_crop_video(frames, scale_size_for(int(frames.shape[1]), int(frames.shape[2]), hw), hw)
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry checks
+# ---------------------------------------------------------------------------------------------
+
+def latent_frames_for(frames: int, compression: Sequence[int], causal: bool) -> int | None:
+    ct = int(compression[0])
+    if causal:
+        return (frames - 1) // ct + 1 if frames >= 1 and (frames - 1) % ct == 0 else None
+    return frames // ct if frames >= ct and frames % ct == 0 else None
+
+
+def check_geometry(teacher, student, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+    """Latent shape (1, C, T', H', W') of a clip for this teacher; ValueError (naming valid values) when
+    the teacher cannot encode it or the student cannot decode those latents to the same size."""
+    ct, ch, cw = teacher.compression
+    t = latent_frames_for(num_frames, teacher.compression, teacher.causal)
+    if t is None:
+        valid = [1 + ct * k for k in range(1, 5)] if teacher.causal else [ct * k for k in range(1, 5)]
+        raise ValueError(f"the teacher (compression {tuple(teacher.compression)}, causal={teacher.causal}) cannot "
+                         f"encode {num_frames} frames; valid counts are {valid}, ...")
+    if height % ch or width % cw:
+        raise ValueError(f"frame size {height}x{width} is not a multiple of the teacher's spatial compression "
+                         f"{ch}x{cw}")
+    shape = (1, teacher.latent_channels, t, height // ch, width // cw)
+    if student is not teacher:
+        want = tuple(student.latent_shape_for(num_frames, height, width))
+        if want != shape:
+            raise ValueError(f"the student decodes {num_frames}x{height}x{width} from latents {want}, but the teacher "
+                             f"encodes it to {shape}: student and teacher disagree on the frame-count rule")
+    return shape
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+# ---------------------------------------------------------------------------------------------
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(np.asarray(values, dtype=np.float64))) if values else None
+
+
+def summarize(rows: list[dict], feats: dict[int, dict[str, np.ndarray]] | None) -> dict:
+    """Means, rFVD and retention from per-clip rows (sorted by clip id) and their I3D features."""
+    from train_vae.fvd import frechet_distance
+
+    rows = sorted(rows, key=lambda r: r["clip_id"])
+    out: dict[str, Any] = {"n_clips": len(rows)}
+    for who in ("teacher", "student"):
+        out[who] = {m: _mean([r[who][m] for r in rows]) for m in ("psnr", "ssim", "lpips")}
+        out[who]["rfvd"] = None
+    out["fvd_student_vs_teacher"] = None
+    note = None
+    if feats is None:
+        note = f"rFVD not computed: I3D needs clips of >= {I3D_MIN_FRAMES} frames"
+    elif len(rows) < 2:
+        note = f"rFVD not computed: the Frechet distance needs >= 2 clips per set, got {len(rows)}"
+    else:
+        ids = [r["clip_id"] for r in rows]
+        real = np.stack([feats[i]["real"] for i in ids])
+        rec = {w: np.stack([feats[i][w] for i in ids]) for w in ("teacher", "student")}
+        out["teacher"]["rfvd"] = frechet_distance(real, rec["teacher"])
+        out["student"]["rfvd"] = frechet_distance(real, rec["student"])
+        out["fvd_student_vs_teacher"] = frechet_distance(rec["teacher"], rec["student"])
+        if len(rows) <= real.shape[1]:
+            note = (f"rFVD from {len(rows)} clips (<= {real.shape[1]} feature dimensions): the covariances are "
+                    f"rank-deficient, so compare rFVD only between runs on the same clips")
+    out["fvd_note"] = note
+    t, s = out["teacher"], out["student"]
+    out["retention"] = {m: (s[m] / t[m] if (t[m] not in (None, 0) and s[m] is not None) else None)
+                        for m in ("psnr", "ssim")}
+    return out
+
+
+def _fmt(v, digits: int) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def markdown_table(result: dict) -> str:
+    """Paper-style table: PSNR (2 d.p.), SSIM (4), LPIPS (4), rFVD (2), plus retention."""
+    st = result.get("settings", {})
+    name = st.get("config", "?")
+    lines = [f"{result['n_clips']} clips, {st.get('num_frames', '?')} frames at {st.get('resolution', '?')}"
+             f"x{st.get('resolution', '?')} (config {name})", "",
+             "| decoder | PSNR ↑ | SSIM ↑ | LPIPS ↓ | rFVD ↓ |", "|---|---|---|---|---|"]
+    student = os.path.basename(str(st.get("student", "?")).rstrip("/\\")) or str(st.get("student"))
+    for who, label in (("teacher", f"teacher ({name})"), ("student", f"student ({student})")):
+        m = result[who]
+        lines.append(f"| {label} | {_fmt(m['psnr'], 2)} | {_fmt(m['ssim'], 4)} | {_fmt(m['lpips'], 4)} "
+                     f"| {_fmt(m['rfvd'], 2)} |")
+    r = result["retention"]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines.append(f"| retention (student / teacher) | {pct(r['psnr'])} | {pct(r['ssim'])} | | |")
+    if result.get("fvd_note"):
+        lines += ["", f"note: {result['fvd_note']}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialized: bool = False
+
+
+def _setup_dist(device_arg: str | None) -> tuple[_Dist, torch.device]:
+    import torch.distributed as dist
+
+    d = _Dist()
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if launched:
+        d.rank, d.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        d.local_rank = int(os.environ.get("LOCAL_RANK", d.rank))
+    if device_arg and device_arg != "auto":
+        device = torch.device(device_arg)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", d.local_rank)
+    else:
+        device = torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if launched and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
+        d.initialized = True
+    return d, device
+
+
+def _all_gather(obj, d: _Dist) -> list:
+    if d.world == 1 or not d.initialized:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="PSNR/SSIM/LPIPS/rFVD of a Turbo-VAED student vs its teacher "
+                                            "(run with torchrun for several processes)")
+    p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
+    p.add_argument("--student", required=True,
+                   help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
+    p.add_argument("--data_dir", required=True, help="folder of videos (searched recursively) or one video file")
+    p.add_argument("--num_frames", type=int, default=17)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--output", default="metrics.json", help="JSON file written by rank 0")
+    p.add_argument("--max_clips", type=int, default=None, help="keep the first K clips")
+    p.add_argument("--clips_per_video", type=int, default=1)
+    p.add_argument("--fvd_weights", default=None,
+                   help="I3D weights: TorchScript (StyleGAN-V i3d_torchscript.pt) or InceptionI3d state dict; "
+                        "default: the registry's i3d_kinetics400")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default: torch's; torchrun sets OMP_NUM_THREADS=1). CPU kernels "
+                        "round differently with different thread counts, so give runs the same value per process "
+                        "for bitwise-equal numbers across process counts")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _clip_metrics(x: torch.Tensor, rec: torch.Tensor, lpips) -> dict[str, float]:
+    from train_vae.metrics import psnr, ssim, to_unit
+
+    xu, ru = to_unit(x).double(), to_unit(rec).double()  # float64: no rounding noise in the means
+    return {"psnr": float(psnr(xu, ru)[0]), "ssim": float(ssim(xu, ru)[0]), "lpips": float(lpips(x, rec)[0])}
+
+
+@torch.no_grad()
+def _evaluate(clips: list[Clip], args, teacher, student, lpips, i3d, device, show_bar: bool, desc: str = "clips"
+              ) -> tuple[list[dict], dict[int, dict[str, np.ndarray]], list[dict]]:
+    from tqdm.auto import tqdm
+
+    rows, feats, skipped = [], {}, []
+    same = student is teacher
+    bar = tqdm(total=len(clips), desc=desc, unit="clip", disable=not show_bar, dynamic_ncols=True)
+    for clip in clips:
+        try:
+            x = load_clip(clip, args.resolution)
+        except Exception as exc:  # unreadable window: reported, never silently averaged in
+            skipped.append({"clip_id": clip.clip_id, "path": clip.path, "start": clip.start,
+                            "reason": f"{type(exc).__name__}: {exc}"})
+            warnings.warn(f"skipping clip {clip.clip_id} ({clip.path} @ {clip.start}): {exc}")
+            bar.update(1)
+            continue
+        x = x.unsqueeze(0).to(device)
+        z = teacher.encode(x)
+        rec_t = teacher.decode(z).float().clamp(-1, 1)
+        rec_s = rec_t if same else student.decode(z).float().clamp(-1, 1)
+        if rec_t.shape != x.shape or rec_s.shape != x.shape:
+            raise RuntimeError(f"reconstruction shapes teacher {tuple(rec_t.shape)} / student {tuple(rec_s.shape)} "
+                               f"differ from the clip's {tuple(x.shape)}")
+        m_t = _clip_metrics(x, rec_t, lpips)
+        m_s = m_t if same else _clip_metrics(x, rec_s, lpips)
+        rows.append({"clip_id": clip.clip_id, "path": clip.path, "start": clip.start,
+                     "frames": [clip.start, clip.start + clip.num_frames], "teacher": m_t, "student": dict(m_s)})
+        if i3d is not None:
+            batch = torch.cat([x, rec_t] if same else [x, rec_t, rec_s])
+            f = i3d(batch).cpu().numpy()
+            feats[clip.clip_id] = {"real": f[0], "teacher": f[1], "student": f[1] if same else f[2]}
+        bar.update(1)
+        if show_bar:
+            bar.set_postfix(psnr_t=f"{m_t['psnr']:.2f}", psnr_s=f"{m_s['psnr']:.2f}")
+    bar.close()
+    return rows, feats, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    """Run the evaluation; returns the result dict on rank 0 (None on other ranks)."""
+    args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> dict | None:
+    d, device = _setup_dist(args.device)
+    t0 = time.time()
+    try:
+        from models.config import load_config, load_teacher
+        from train_vae.i3d import I3DFeatureExtractor
+        from train_vae.lpips import LPIPS
+
+        cfg = load_config(args.config)
+        teacher = load_teacher(cfg).to(device).eval()
+        student = load_student(args.student, cfg, teacher=teacher, device=device)
+        same = student is teacher
+        check_geometry(teacher, student, args.num_frames, args.resolution, args.resolution)
+        clips = list_clips(args.data_dir, args.num_frames, args.clips_per_video, args.max_clips)
+        if not clips:
+            raise ValueError(f"no clips found in {args.data_dir!r}")
+        mine = clips[d.rank::d.world]
+        lpips = LPIPS(net="alex").to(device)
+        i3d = I3DFeatureExtractor(args.fvd_weights).to(device) if args.num_frames >= I3D_MIN_FRAMES else None
+        local = {"rows": [], "feats": {}, "skipped": [], "error": None}
+        try:
+            local["rows"], local["feats"], local["skipped"] = _evaluate(
+                mine, args, teacher, student, lpips, i3d, device, show_bar=(d.rank == 0 and not args.no_progress),
+                desc="clips" if d.world == 1 else f"clips of rank 0 ({len(clips)} on {d.world} ranks)")
+        except Exception as exc:  # tell the other ranks instead of leaving them waiting in the gather
+            if d.world == 1:
+                raise
+            local["error"] = f"rank {d.rank}: {type(exc).__name__}: {exc}"
+            import traceback
+            traceback.print_exc()
+    except Exception:
+        if d.initialized:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        raise
+
+    gathered = _all_gather(local, d)
+    errors = [g["error"] for g in gathered if g["error"]]
+    if errors:
+        if d.initialized:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        raise RuntimeError("evaluation failed on " + "; ".join(errors))
+    result = None
+    if d.rank == 0:
+        rows = sorted((r for g in gathered for r in g["rows"]), key=lambda r: r["clip_id"])
+        feats = {k: v for g in gathered for k, v in g["feats"].items()}
+        skipped = sorted((s for g in gathered for s in g["skipped"]), key=lambda s: s["clip_id"])
+        if not rows:
+            raise RuntimeError(f"no clip could be evaluated; skipped: {skipped}")
+        summary = summarize(rows, feats if i3d is not None else None)
+        result = {
+            "teacher": summary["teacher"],
+            "student": summary["student"],
+            "retention": summary["retention"],
+            "fvd_student_vs_teacher": summary["fvd_student_vs_teacher"],
+            "fvd_note": summary["fvd_note"],
+            "n_clips": summary["n_clips"],
+            "settings": {
+                "config": cfg["name"], "student": str(args.student),
+                "student_dir": None if same else str(resolve_student_dir(args.student).resolve()),
+                "data_dir": str(args.data_dir), "num_frames": args.num_frames, "resolution": args.resolution,
+                "clips_per_video": args.clips_per_video, "max_clips": args.max_clips,
+                "fvd_weights": args.fvd_weights, "lpips_net": "alex", "i3d_input": 224,
+                "world_size": d.world, "device": str(device), "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            },
+            "wall_s": round(time.time() - t0, 2),
+            "clips": rows,
+            "skipped": skipped,
+        }
+        out = Path(args.output)
+        if out.parent != Path(""):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)
+        print(markdown_table(result))
+        print(f"wrote {out} ({result['n_clips']} clips, {d.world} process(es), {result['wall_s']:.1f} s)")
+    if d.initialized:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()
