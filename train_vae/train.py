@@ -46,7 +46,7 @@ DEFAULTS = dict(
     lpips_weight=1.0, lpips_frames=None, distill_weight=1.0, distill_loss="l1", disc_weight=0.05,
     disc_start=None, disc_channels=32, disc_lr=None, num_holdout=3, clips_per_video=4, val_every=100,
     log_every=10, checkpoint_every=500, keep_checkpoints=2, mixed_precision="no", num_workers=0,
-    report_to="wandb", channels_last=True, cache_latents=False,
+    report_to="wandb", channels_last=True, cache_latents=False, train_crop=None,
 )
 
 
@@ -139,7 +139,7 @@ def parse_args(argv=None) -> dict:
         if key in ("adam_betas", "channels_last", "cache_latents"):
             continue
         kind = type(default) if default is not None else str
-        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr"):
+        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr", "train_crop"):
             kind = float if key == "disc_lr" else int
         ap.add_argument(f"--{key}", type=kind, default=None, help=f"default: {default} (or the config's train: value)")
     ap.add_argument("--no_channels_last", dest="channels_last", action="store_false", default=None,
@@ -243,8 +243,21 @@ class Trainer:
                              self.acc.process_index, self.acc.num_processes, self.s["num_workers"], self.collate)
 
     def latents_and_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's latents (cached, or encoded now) and video; with ``train_crop`` a random square
+        crop of both, aligned to the latent grid (cheaper steps; the student is fully convolutional)."""
         video = batch["video"].to(self.device)
         latents = batch["latents"].to(self.device) if "latents" in batch else self.teacher.encode(video)
+        crop = self.s["train_crop"]
+        if crop:
+            _, ch, cw = self.teacher.compression
+            lh, lw = crop // ch, crop // cw
+            if crop % ch or crop % cw or lh > latents.shape[3] or lw > latents.shape[4]:
+                raise ValueError(f"--train_crop {crop} must be a multiple of {ch} and at most the clip size "
+                                 f"{tuple(video.shape[-2:])}")
+            top = int(torch.randint(latents.shape[3] - lh + 1, ()))
+            left = int(torch.randint(latents.shape[4] - lw + 1, ()))
+            latents = latents[..., top:top + lh, left:left + lw]
+            video = video[..., top * ch:(top + lh) * ch, left * cw:(left + lw) * cw]
         return latents.contiguous(memory_format=self.mem), video
 
     # -- model pieces
@@ -412,6 +425,8 @@ class Trainer:
         self.wandb = _init_wandb(s, self.out) if acc.is_main_process and s["report_to"] == "wandb" else None
         if s["resume"]:
             self.resume(s["resume"])
+        elif acc.is_main_process and self.log_path.exists():
+            self.log_path.unlink()  # a fresh run starts a fresh log
         start = self.progress.step
         stream = self.batches(start * s["grad_accum"])
         if start == 0:
