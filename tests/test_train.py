@@ -34,7 +34,8 @@ def weights(out):
 
 
 def test_resume_after_interruption_gives_identical_weights(clips, tmp_path, monkeypatch):
-    train_mod.Trainer(settings(clips, tmp_path / "a")).fit()
+    crop = {"train_crop": 16}  # random latent-aligned crops draw from the RNG that checkpoints restore
+    train_mod.Trainer(settings(clips, tmp_path / "a", **crop)).fit()
     real_step = train_mod.Trainer.train_step
 
     def interrupted(self, it):
@@ -44,10 +45,10 @@ def test_resume_after_interruption_gives_identical_weights(clips, tmp_path, monk
 
     monkeypatch.setattr(train_mod.Trainer, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_mod.Trainer(settings(clips, tmp_path / "b")).fit()
+        train_mod.Trainer(settings(clips, tmp_path / "b", **crop)).fit()
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == "step_000003"
     monkeypatch.setattr(train_mod.Trainer, "train_step", real_step)
-    train_mod.Trainer(settings(clips, tmp_path / "b", resume="latest")).fit()
+    train_mod.Trainer(settings(clips, tmp_path / "b", resume="latest", **crop)).fit()
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert a.keys() == b.keys()
     for k in a:
@@ -128,6 +129,9 @@ def test_student_learns(clips, tmp_path):
 def test_bad_settings_are_clear(clips, tmp_path):
     with pytest.raises(ValueError, match="has no public teacher"):
         train_mod.Trainer(train_mod.parse_args(["--config", "dcae", "--data_dir", str(clips)]))
+    with pytest.raises(ValueError, match="train_crop 20 must be a multiple of 8"):
+        t = train_mod.Trainer(settings(clips, tmp_path / "c", train_crop=20))
+        t.latents_and_video(next(t.batches(0)))
     with pytest.raises(ValueError, match="need more than --num_holdout"):
         train_mod.Trainer(settings(clips, tmp_path, num_holdout=4))
     empty = tmp_path / "empty"
