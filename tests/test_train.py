@@ -23,7 +23,7 @@ def settings(clips, out, **kw):
     argv = ["--config", "taef2", "--data_dir", str(clips), "--output_dir", str(out), "--resolution", "32",
             "--num_frames", "3", "--num_holdout", "1", "--max_steps", "6", "--checkpoint_every", "3",
             "--log_every", "1", "--val_every", "3", "--report_to", "none", "--lpips_frames", "1",
-            "--disc_start", "3", "--clips_per_video", "2"]
+            "--disc_start", "3", "--clips_per_video", "2", "--train_crop", "0", "--train_frames", "0"]
     for k, v in kw.items():
         argv += [f"--{k}", str(v)]
     return train_mod.parse_args(argv)
@@ -34,7 +34,7 @@ def weights(out):
 
 
 def test_resume_after_interruption_gives_identical_weights(clips, tmp_path, monkeypatch):
-    crop = {"train_crop": 16}  # random latent-aligned crops draw from the RNG that checkpoints restore
+    crop = {"train_crop": 16, "train_frames": 2}  # random crops draw from the RNG that checkpoints restore
     train_mod.Trainer(settings(clips, tmp_path / "a", **crop)).fit()
     real_step = train_mod.Trainer.train_step
 
@@ -131,6 +131,12 @@ def test_bad_settings_are_clear(clips, tmp_path):
         train_mod.Trainer(train_mod.parse_args(["--config", "dcae", "--data_dir", str(clips)]))
     with pytest.raises(ValueError, match="train_crop 20 must be a multiple of 8"):
         t = train_mod.Trainer(settings(clips, tmp_path / "c", train_crop=20))
+        t.latents_and_video(next(t.batches(0)))
+    t = train_mod.Trainer(settings(clips, tmp_path / "d", train_frames=2))
+    latents, video = t.latents_and_video(next(t.batches(0)))
+    assert latents.shape[2] == video.shape[2] == 2  # TAEF2: one latent frame per video frame
+    t.teacher.causal = True
+    with pytest.raises(ValueError, match="non-causal teacher"):
         t.latents_and_video(next(t.batches(0)))
     with pytest.raises(ValueError, match="need more than --num_holdout"):
         train_mod.Trainer(settings(clips, tmp_path, num_holdout=4))

@@ -46,7 +46,7 @@ DEFAULTS = dict(
     lpips_weight=1.0, lpips_frames=None, distill_weight=1.0, distill_loss="l1", disc_weight=0.05,
     disc_start=None, disc_channels=32, disc_lr=None, num_holdout=3, clips_per_video=4, val_every=100,
     log_every=10, checkpoint_every=500, keep_checkpoints=2, mixed_precision="no", num_workers=0,
-    report_to="wandb", channels_last=True, cache_latents=False, train_crop=None,
+    report_to="wandb", channels_last=True, cache_latents=False, train_crop=None, train_frames=None,
 )
 
 
@@ -139,7 +139,7 @@ def parse_args(argv=None) -> dict:
         if key in ("adam_betas", "channels_last", "cache_latents"):
             continue
         kind = type(default) if default is not None else str
-        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr", "train_crop"):
+        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr", "train_crop", "train_frames"):
             kind = float if key == "disc_lr" else int
         ap.add_argument(f"--{key}", type=kind, default=None, help=f"default: {default} (or the config's train: value)")
     ap.add_argument("--no_channels_last", dest="channels_last", action="store_false", default=None,
@@ -243,10 +243,19 @@ class Trainer:
                              self.acc.process_index, self.acc.num_processes, self.s["num_workers"], self.collate)
 
     def latents_and_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's latents (cached, or encoded now) and video; with ``train_crop`` a random square
-        crop of both, aligned to the latent grid (cheaper steps; the student is fully convolutional)."""
+        """The batch's latents (cached, or encoded now) and video. With ``train_crop`` a random square crop
+        of both, aligned to the latent grid; with ``train_frames`` a random run of that many latent frames
+        (non-causal teachers only: a causal VAE's first latent frame is special). Cheaper steps on the
+        same windows; the student is fully convolutional, and validation decodes whole windows."""
         video = batch["video"].to(self.device)
         latents = batch["latents"].to(self.device) if "latents" in batch else self.teacher.encode(video)
+        n = self.s["train_frames"]
+        if n and n < latents.shape[2]:
+            if self.teacher.causal:
+                raise ValueError("--train_frames needs a non-causal teacher (frame-wise or 4k-frame VAEs)")
+            ct = self.teacher.compression[0]
+            a = int(torch.randint(latents.shape[2] - n + 1, ()))
+            latents, video = latents[:, :, a:a + n], video[:, :, a * ct:(a + n) * ct]
         crop = self.s["train_crop"]
         if crop:
             _, ch, cw = self.teacher.compression
