@@ -1,0 +1,165 @@
+"""Helpers shared by scripts/benchmark.py, export_onnx.py and export_coreml.py.
+
+Student loading (``--student DIR``: a ``save_pretrained`` folder, or a training checkpoint folder that
+holds one under ``student/``), resolution parsing, latent shapes with clear errors, the classic-shuffle
+twin of a student, ONNX export and ONNX Runtime sessions.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/x.py` from anywhere
+
+from models.blocks import classic_to_decoupled_permutation  # noqa: E402
+from models.config import build_student, load_config  # noqa: E402
+from models.student import TurboVAED  # noqa: E402
+
+
+class RequestError(ValueError):
+    """A request the scripts cannot serve (shape, config, file); the message says what to do."""
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"256"`` -> (256, 256); ``"720x1280"`` -> (720, 1280) (height x width)."""
+    parts = str(text).lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        raise RequestError(f"resolution must be H or HxW (e.g. 256 or 720x1280), got '{text}'") from None
+    if len(parts) > 2 or h <= 0 or w <= 0:
+        raise RequestError(f"resolution must be H or HxW with positive sizes, got '{text}'")
+    return h, w
+
+
+def load_student(cfg: dict, student_dir: str | None = None) -> TurboVAED:
+    """The config's student with random weights, or the trained one in ``student_dir``; eval mode."""
+    if student_dir is None:
+        return build_student(cfg).eval()
+    d = Path(student_dir)
+    for cand in (d, d / "student"):
+        if (cand / "config.json").is_file():
+            student = TurboVAED.from_pretrained(cand).eval()
+            break
+    else:
+        raise RequestError(f"no student found in {d}: expected a save_pretrained folder (config.json + "
+                           f"safetensors) or a checkpoint folder holding one under student/")
+    if student.config.latent_channels != cfg["latent_channels"] or list(student.compression) != list(cfg["compression"]):
+        raise RequestError(f"student in {d} decodes {student.config.latent_channels}-channel latents at compression "
+                           f"{student.compression}, but config '{cfg['name']}' has {cfg['latent_channels']} at "
+                           f"{tuple(cfg['compression'])}")
+    return student
+
+
+def valid_sizes(student: TurboVAED, frames: int, height: int, width: int) -> str:
+    """A hint naming the nearest frame count and sizes the student can produce."""
+    _, ch, cw = student.compression
+    counts = [student.num_output_frames(t) for t in range(1, 64)]
+    f_near = min(counts, key=lambda n: (abs(n - frames), n))
+    def near(x, m):
+        lo = max(m, x // m * m)
+        return f"{lo}" if lo == x else f"{lo} or {lo + m}"
+    return f"nearest valid: {f_near} frames, height {near(height, ch)}, width {near(width, cw)}"
+
+
+def latent_shape(student: TurboVAED, frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
+    """``student.latent_shape_for`` with a RequestError that also names the nearest valid request."""
+    try:
+        return student.latent_shape_for(frames, height, width, batch)
+    except ValueError as e:
+        raise RequestError(f"cannot decode {frames} frames at {height}x{width}: {e}; "
+                           f"{valid_sizes(student, frames, height, width)}") from None
+
+
+def classic_twin(student: TurboVAED) -> TurboVAED:
+    """The same student with the classic (rank-8) 3D pixel shuffle, computing the same function: each
+    upsampler's expansion conv gets its output channels permuted (``classic_to_decoupled_permutation``)."""
+    cfg = {k: v for k, v in student.config.items() if not k.startswith("_")}
+    twin = TurboVAED(**{**cfg, "pixel_shuffle": "classic"}).to(next(student.parameters()).device).eval()
+    state = dict(student.state_dict())
+    for i, block in enumerate(student.up_blocks):
+        if block.upsampler is None:
+            continue
+        c = block.upsampler.conv.conv.out_channels // (block.upsampler.factors[0] * block.upsampler.factors[1]
+                                                       * block.upsampler.factors[2])
+        inverse = torch.argsort(classic_to_decoupled_permutation(c, block.upsampler.factors))
+        for name in ("weight", "bias"):
+            key = f"up_blocks.{i}.upsampler.conv.conv.{name}"
+            state[key] = state[key][inverse]
+    twin.load_state_dict(state)
+    return twin
+
+
+class Cropped(torch.nn.Module):
+    """Decode a larger video and centre-crop it to ``height`` x ``width`` (e.g. 720x1280 from a 32x student,
+    which decodes 736x1280). Fixed shapes only."""
+
+    def __init__(self, student: TurboVAED, height: int, width: int):
+        super().__init__()
+        self.student, self.height, self.width = student, height, width
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        video = self.student(latents)
+        top, left = (video.shape[3] - self.height) // 2, (video.shape[4] - self.width) // 2
+        return video[:, :, :, top:top + self.height, left:left + self.width]
+
+
+def export_model(student: TurboVAED, frames: int, height: int, width: int, crop: bool = False):
+    """(module to export, example latents) for a request; with ``crop``, sizes that are not multiples of the
+    spatial compression are decoded at the next multiple and centre-cropped."""
+    _, ch, cw = student.compression
+    if not crop:
+        try:
+            return student, torch.randn(latent_shape(student, frames, height, width))
+        except RequestError as e:
+            if height % ch or width % cw:
+                raise RequestError(f"{e}; or pass --crop to decode {-(-height // ch) * ch}x{-(-width // cw) * cw} "
+                                   f"and centre-crop it to {height}x{width}") from None
+            raise
+    big_h, big_w = -(-height // ch) * ch, -(-width // cw) * cw
+    z = torch.randn(latent_shape(student, frames, big_h, big_w))
+    return (Cropped(student, height, width) if (big_h, big_w) != (height, width) else student), z
+
+
+def export_onnx(model: torch.nn.Module, latents: torch.Tensor, path: str | Path, dynamic_frames: bool = False,
+                opset: int = 18) -> Path:
+    """ONNX export (torch.export-based exporter) with input ``latents`` and output ``video``, weights inside
+    the file; ``dynamic_frames`` makes the latent frame axis (and so the video's) dynamic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = {"latents": {2: torch.export.Dim("latent_frames", min=2, max=1024)}} if dynamic_frames else None
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model.eval(), (latents,), input_names=["latents"], output_names=["video"],
+                                    dynamic_shapes=dynamic, opset_version=opset, dynamo=True, verbose=False)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """ONNX Runtime CPU session; its worker threads do not spin, so PyTorch in the same process keeps its
+    speed (spinning threads slow PyTorch down when both are timed in turn)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="turbo_vaed_")
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))

@@ -1,0 +1,372 @@
+"""Decode speed of teacher vs student on the same latents (paper Table 3, speed columns).
+
+    python scripts/benchmark.py --config ltx --resolution 256 --frames 17 --device cpu --threads 2 --json out.json
+    python scripts/benchmark.py --all --resolution 256 --frames 17 --device cpu --repeats 3 --threads 2 --json all.json
+
+Per config: the teacher decoder from its default diffusers config with random weights (``--teacher SRC``
+loads real ones; speed does not depend on them) and the student (random, or ``--student DIR``) decode the
+same latents for a video of F frames at HxW. After ``--warmup`` rounds, ``--repeats`` rounds run
+interleaved (teacher, student, teacher, ...): median latency, FPS (output frames / s), peak memory (CUDA
+max allocated, or peak RSS growth on CPU), parameters and multiply-accumulates per clip (torch's FLOP
+counter / 2, counted on the meta device). Teachers run as diffusers ships them: fp32 (or ``--dtype``),
+eval, ``torch.inference_mode``; HunyuanVideo in its default framewise-tiled mode and in one pass.
+Student-only configs (dcae: no public teacher) report the student alone.
+
+Single-config runs also time the student's decoupled vs classic 3D pixel shuffle (same weights up to a
+channel permutation, same output) in PyTorch and in ONNX Runtime (``--skip-shuffle`` to leave out).
+``--all`` runs every config and writes a markdown table (``--markdown``, default next to ``--json``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (RequestError, classic_twin, export_onnx, latent_shape, load_student, ort_session,  # noqa: E402
+                     parse_resolution, set_threads, temp_dir)
+
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
+
+from models.config import config_names, has_teacher, load_config, load_teacher  # noqa: E402
+from models.student import TurboVAED  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc (macOS, musl): peak memory on CPU is not reported
+    _LIBC = None
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device, out: dict):
+    """out["mb"] = peak memory growth during the block: CUDA max allocated above the start, or on CPU the
+    peak resident set size above the start (Linux: VmHWM reset through /proc/self/clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield
+        torch.cuda.synchronize(device)
+        out["mb"] = (torch.cuda.max_memory_allocated(device) - start) / 2**20
+        return
+    try:
+        _LIBC.malloc_trim(0)  # hand freed heap memory back, so earlier runs do not hide this one's growth
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        start = _proc_status_kb("VmRSS")
+    except (OSError, AttributeError):
+        start = None
+    yield
+    out["mb"] = None if start is None else (_proc_status_kb("VmHWM") - start) / 1024
+
+
+def measure(runners: dict, warmup: int, repeats: int, device: torch.device) -> dict:
+    """Run every callable in turn (interleaved), ``warmup`` + ``repeats`` rounds; medians of the repeats."""
+    ms = {k: [] for k in runners}
+    mem = {k: [] for k in runners}
+    for r in range(warmup + repeats):
+        for name, fn in runners.items():
+            gc.collect()
+            box: dict = {}
+            with peak_memory(device, box):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = (time.perf_counter() - t0) * 1e3
+            if r >= warmup:
+                ms[name].append(dt)
+                mem[name].append(box["mb"])
+            print(f"  {'warmup' if r < warmup else 'repeat'} {r + 1 - (warmup if r >= warmup else 0)}: "
+                  f"{name} {dt:.0f} ms", file=sys.stderr, flush=True)
+    return {k: {"ms": statistics.median(ms[k]), "all_ms": [round(x, 1) for x in ms[k]],
+                "peak_mb": None if None in mem[k] else max(mem[k])} for k in runners}
+
+
+def count_macs(fn, *args) -> int:
+    """Multiply-accumulates of ``fn(*args)`` (torch's FLOP counter counts 2 per MAC)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops() // 2
+
+
+def meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """The module with parameters on the meta device (shapes only), for counting MACs without compute."""
+    if isinstance(module, TurboVAED) or hasattr(type(module), "from_config") and hasattr(module, "config"):
+        with torch.device("meta"):
+            return type(module).from_config(module.config).eval()
+    return copy.deepcopy(module).to("meta").eval()
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---- teacher modes --------------------------------------------------------------------------------
+def teacher_modes(teacher) -> dict:
+    """{mode: settings} for the teacher's decode: "default" as diffusers ships it, plus "single pass"
+    when the default tiles frames (HunyuanVideo's ``use_framewise_decoding``)."""
+    vae = getattr(teacher, "vae", None)
+    if vae is not None and getattr(vae, "use_framewise_decoding", False):
+        return {"default": {"use_framewise_decoding": True}, "single pass": {"use_framewise_decoding": False}}
+    return {"default": {}}
+
+
+def teacher_decode_fn(teacher, settings: dict):
+    def run(z):
+        for k, v in settings.items():
+            setattr(teacher.vae, k, v)
+        with torch.inference_mode():
+            return teacher.decode(z)
+    return run
+
+
+def teacher_macs(teacher, settings: dict, z: torch.Tensor) -> int:
+    """On the meta device (no compute); if the decoder cannot run there, one real decode is counted."""
+    try:
+        vae = getattr(teacher, "vae", None)
+        if vae is not None:
+            meta = meta_copy(vae)
+            for k, v in settings.items():
+                setattr(meta, k, v)
+            return count_macs(lambda x: meta.decode(x, return_dict=False), z.to("meta"))
+        return count_macs(meta_copy(teacher).decode, z.to("meta"))
+    except Exception:  # noqa: BLE001 - any meta-device failure: count a real run instead
+        return count_macs(teacher_decode_fn(teacher, settings), z)
+
+
+def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    module = module.to(device)
+    return module if dtype == torch.float32 else module.to(dtype)
+
+
+# ---- one config -----------------------------------------------------------------------------------
+def bench_config(name: str, args, height: int, width: int, student_dir: str | None) -> dict:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    cfg = load_config(name)
+    student = _to(load_student(cfg, student_dir), device, dtype)
+    frames, note = args.frames or cfg["num_frames"], ""
+    try:
+        shape = latent_shape(student, frames, height, width)
+    except RequestError:
+        if not args.all or args.frames is None:
+            raise
+        frames, note = cfg["num_frames"], f"{cfg['num_frames']} frames ({args.frames} not producible)"
+        shape = latent_shape(student, frames, height, width)
+    torch.manual_seed(0)
+    z = torch.randn(shape, device=device, dtype=dtype)
+    res = {"config": name, "resolution": f"{height}x{width}", "frames": frames, "latent_shape": list(shape),
+           "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": args.repeats,
+           "warmup": args.warmup, "teacher_mode": "diffusers default: eval, torch.inference_mode, " + args.dtype,
+           "student_params": n_params(student), "note": note}
+
+    teacher, modes = None, {}
+    if args.student_only:
+        res["note"] = (note + "; " if note else "") + "student only (--student-only)"
+    elif has_teacher(cfg):
+        try:
+            tcfg = dict(cfg, teacher=dict(cfg["teacher"], source=args.teacher)) if args.teacher else cfg
+            teacher = _to(load_teacher(tcfg, random_init=args.teacher is None), device, dtype).eval()
+            modes = teacher_modes(teacher)
+            res["teacher_weights"] = args.teacher or "random (default config)"
+        except Exception as e:  # e.g. TAEF2 weights not available: report the student alone
+            res["note"] = (note + "; " if note else "") + f"teacher unavailable: {e}".split("\n")[0]
+    else:
+        res["note"] = (note + "; " if note else "") + "no public teacher: student only"
+
+    runners = {f"teacher ({m})": (lambda fn: (lambda: fn(z)))(teacher_decode_fn(teacher, s)) for m, s in modes.items()}
+
+    def run_student():
+        with torch.inference_mode():
+            return student(z)
+    runners["student"] = run_student
+    print(f"[{name}] latents {tuple(shape)} -> video {frames}x{height}x{width}, {args.device} {args.dtype}, "
+          f"{torch.get_num_threads()} threads", file=sys.stderr, flush=True)
+    timing = measure(runners, args.warmup, args.repeats, device)
+
+    s = timing["student"]
+    res.update(student_ms=s["ms"], student_fps=frames * 1e3 / s["ms"], student_peak_mb=s["peak_mb"],
+               student_all_ms=s["all_ms"], student_macs=count_macs(meta_copy(student), z.to("meta")))
+    if teacher is not None:
+        res["teacher_params"] = teacher.decoder_parameters()
+        res["teacher_modes"] = {}
+        for m, settings in modes.items():
+            t = timing[f"teacher ({m})"]
+            macs = teacher_macs(teacher, settings, z)
+            res["teacher_modes"][m] = {"ms": t["ms"], "all_ms": t["all_ms"], "fps": frames * 1e3 / t["ms"],
+                                       "peak_mb": t["peak_mb"], "macs": macs, "speedup": t["ms"] / s["ms"],
+                                       "speedup_paired": statistics.median(  # per round: teacher run / next student run
+                                           a / b for a, b in zip(t["all_ms"], s["all_ms"])),
+                                       "mac_ratio": macs / res["student_macs"]}
+        d = res["teacher_modes"]["default"]
+        res.update(teacher_ms=d["ms"], teacher_fps=d["fps"], teacher_peak_mb=d["peak_mb"], teacher_macs=d["macs"],
+                   speedup=d["speedup"], speedup_paired=d["speedup_paired"], mac_ratio=d["mac_ratio"])
+    else:
+        res.update(teacher_ms=None, teacher_fps=None, teacher_peak_mb=None, teacher_macs=None, teacher_params=None,
+                   speedup=None, speedup_paired=None, mac_ratio=None)
+        if cfg["teacher"]["class"] == "none":
+            res["teacher_params"] = int(float(cfg["teacher"].get("decoder_params", 0))) or None
+    del teacher
+    gc.collect()
+    if not args.skip_shuffle and not args.all:
+        res["shuffle"] = shuffle_comparison(student, z, args)
+    return res
+
+
+def shuffle_comparison(student: TurboVAED, z: torch.Tensor, args) -> dict:
+    """Decoupled vs classic 3D pixel shuffle inside the student, in PyTorch and ONNX Runtime (CPU)."""
+    classic = classic_twin(student)
+    with torch.inference_mode():
+        diff = (student(z) - classic(z)).abs().max().item()
+    runners = {}
+    for label, model in (("decoupled", student), ("classic", classic)):
+        runners[f"pytorch {label}"] = (lambda m: (lambda: m(z)))(model)
+    out = {"max_abs_diff_decoupled_vs_classic": diff}
+    with temp_dir() as tmp:
+        if args.device == "cpu" and args.dtype == "fp32":
+            zc = z.cpu().numpy()
+            for label, model in (("decoupled", student), ("classic", classic)):
+                print(f"  exporting the {label} student to ONNX...", file=sys.stderr, flush=True)
+                sess = ort_session(export_onnx(model, z.cpu(), Path(tmp) / f"{label}.onnx"), torch.get_num_threads())
+                runners[f"onnxruntime {label}"] = (lambda s: (lambda: s.run(None, {"latents": zc})))(sess)
+        else:
+            out["note"] = "ONNX Runtime timing only with --device cpu --dtype fp32"
+        with torch.inference_mode():
+            timing = measure(runners, args.warmup, args.repeats, torch.device(args.device))
+    out.update({f"{k.replace(' ', '_')}_ms": v["ms"] for k, v in timing.items()})
+    if "onnxruntime_decoupled_ms" in out:
+        out["onnxruntime_vs_pytorch"] = out["pytorch_decoupled_ms"] / out["onnxruntime_decoupled_ms"]
+    return out
+
+
+# ---- reporting ------------------------------------------------------------------------------------
+def _fmt(x, unit="", nd=0):
+    return "-" if x is None else f"{x:,.{nd}f}{unit}"
+
+
+def print_single(res: dict) -> None:
+    print(f"\n{res['config']}: {res['frames']} frames at {res['resolution']}, {res['device']} {res['dtype']}, "
+          f"{res['threads']} threads, median of {res['repeats']} (interleaved, after {res['warmup']} warm-up)")
+    rows = [(f"teacher ({m})", res["teacher_params"], t["macs"], t["ms"], t["fps"], t["peak_mb"], t["speedup"],
+             t["mac_ratio"]) for m, t in res.get("teacher_modes", {}).items()]
+    rows.append(("student", res["student_params"], res["student_macs"], res["student_ms"], res["student_fps"],
+                 res["student_peak_mb"], None, None))
+    print(f"{'':22s} {'params':>12s} {'GMACs':>10s} {'ms':>10s} {'FPS':>8s} {'peak MB':>9s} {'student x':>10s} "
+          f"{'MAC ratio':>10s}")
+    for label, p, macs, ms, fps, mb, sp, mr in rows:
+        print(f"{label:22s} {_fmt(p / 1e6, 'M', 2):>12s} {_fmt(macs / 1e9, '', 1):>10s} {_fmt(ms):>10s} "
+              f"{_fmt(fps, '', 2):>8s} {_fmt(mb):>9s} {_fmt(sp, 'x', 2):>10s} {_fmt(mr, 'x', 2):>10s}")
+    for m, t in res.get("teacher_modes", {}).items():
+        print(f"speedup vs teacher ({m}): {t['speedup']:.2f}x from medians, {t['speedup_paired']:.2f}x median of "
+              f"per-round ratios")
+    if res.get("note"):
+        print(f"note: {res['note']}")
+    sh = res.get("shuffle")
+    if sh:
+        print(f"pixel shuffle inside the student (max |decoupled - classic| = {sh['max_abs_diff_decoupled_vs_classic']:.2e}):")
+        for k, v in sh.items():
+            if k.endswith("_ms"):
+                print(f"  {k[:-3].replace('_', ' '):28s} {v:10.0f} ms")
+        if "onnxruntime_vs_pytorch" in sh:
+            print(f"  ONNX Runtime vs PyTorch (decoupled): {sh['onnxruntime_vs_pytorch']:.2f}x")
+
+
+def markdown_table(results: list[dict]) -> str:
+    head = ("| config | teacher mode | teacher params | student params | teacher GMACs | student GMACs | MAC ratio "
+            "| teacher ms | student ms | teacher FPS | student FPS | speedup | paired | teacher peak MB | student peak MB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        modes = r.get("teacher_modes") or {"-": None}
+        for m, t in modes.items():
+            t = t or {}
+            lines.append(
+                f"| {r['config']} | {m} | {_fmt((r.get('teacher_params') or 0) / 1e6 or None, 'M', 1)} | "
+                f"{_fmt(r['student_params'] / 1e6, 'M', 2)} | {_fmt(t.get('macs') and t['macs'] / 1e9, '', 0)} | "
+                f"{_fmt(r['student_macs'] / 1e9, '', 1)} | {_fmt(t.get('mac_ratio'), 'x', 1)} | {_fmt(t.get('ms'))} | "
+                f"{_fmt(r['student_ms'])} | {_fmt(t.get('fps'), '', 2)} | {_fmt(r['student_fps'], '', 2)} | "
+                f"{_fmt(t.get('speedup'), 'x', 1)} | {_fmt(t.get('speedup_paired'), 'x', 1)} | {_fmt(t.get('peak_mb'))} | "
+                f"{_fmt(r['student_peak_mb'])} |")
+    r0 = results[0] if results else {}
+    lines.append(f"\n{r0.get('resolution')}, {r0.get('device')} {r0.get('dtype')}, {r0.get('threads')} threads, median "
+                 f"of {r0.get('repeats')} interleaved runs (paired: median over rounds of teacher / student time); "
+                 f"teachers: diffusers default (eval, inference_mode), random weights; MACs from torch's FLOP counter.")
+    notes = [f"{r['config']}: {r['note']}" for r in results if r.get("note")]
+    return "\n".join(lines + [f"- {n}" for n in notes])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="config name (configs/*.yaml) or path")
+    which.add_argument("--all", action="store_true", help="every config, one markdown table")
+    p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
+    p.add_argument("--teacher", help="teacher weights (hub id or local dir); default: random weights")
+    p.add_argument("--resolution", required=True, help="H or HxW of the decoded video")
+    p.add_argument("--frames", type=int, help="frames of the decoded video (default: the config's num_frames)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, help="torch (and ONNX Runtime) CPU threads")
+    p.add_argument("--student-only", action="store_true", help="leave out the teacher")
+    p.add_argument("--skip-shuffle", action="store_true", help="leave out the decoupled vs classic shuffle timing")
+    p.add_argument("--json", help="write results here")
+    p.add_argument("--markdown", help="with --all: write the table here (default: next to --json)")
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    diffusers_logging.set_verbosity_error()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    try:
+        height, width = parse_resolution(args.resolution)
+        if args.all:
+            results = []
+            for name in config_names():
+                try:
+                    results.append(bench_config(name, args, height, width, None))
+                except RequestError as e:
+                    print(f"[{name}] skipped: {e}", file=sys.stderr)
+            table = markdown_table(results)
+            print(table)
+            md = args.markdown or (str(Path(args.json).with_suffix(".md")) if args.json else None)
+            if md:
+                Path(md).write_text(table + "\n")
+            out = {"settings": vars(args), "results": results}
+        else:
+            out = bench_config(args.config, args, height, width, args.student)
+            print_single(out)
+    except RequestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Export a Turbo-VAED student to a Core ML ML program (.mlpackage).
+
+    python scripts/export_coreml.py --config ltx --resolution 256x256 --frames 17 --output ltx.mlpackage
+    python scripts/export_coreml.py --config hunyuan --resolution 512x512 --frames 17 --output hy.mlpackage \\
+        --enumerated-shapes 512x512,720x1280
+
+Input ``latents`` (1, C, T', H', W'), output ``video`` (1, 3, frames, H, W); fixed shapes per export, or
+``--enumerated-shapes`` (one model, several latent sizes; the first is the default). Precision fp16
+(default) or fp32, ``--deployment-target`` iOS17 by default. After conversion the package is reopened and
+its input/output shapes, op-type histogram and largest tensor rank are printed; the decoupled student
+must stay at rank <= 5 (Core ML rejects rank > 5 with dynamic shapes). ``--pixel-shuffle classic``
+exports the same student with the classic rank-8 shuffle for comparison. ``--benchmark`` times
+predictions (macOS only). ``--crop`` decodes the next producible size and centre-crops (fixed shapes).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RequestError, classic_twin, export_model, latent_shape, load_student, parse_resolution  # noqa: E402
+
+from models.config import load_config  # noqa: E402
+
+MAX_RANK = 5
+
+
+def import_coremltools():
+    """coremltools, or a RequestError saying how to get it."""
+    try:
+        import coremltools as ct
+    except ImportError as e:
+        raise RequestError(f"Core ML export needs coremltools, which is not installed ({e}): "
+                           f"pip install 'coremltools>=8' (conversion runs on Linux and macOS; "
+                           f"prediction on macOS only)") from None
+    return ct
+
+
+def convert(model: torch.nn.Module, latents: torch.Tensor, precision: str = "fp16", target: str = "iOS17",
+            enumerated: list[tuple[int, ...]] | None = None):
+    """Trace ``model`` on ``latents`` and convert it to an ML program (input ``latents``, output ``video``)."""
+    ct = import_coremltools()
+    if not hasattr(ct.target, target):
+        raise RequestError(f"unknown deployment target '{target}'; e.g. iOS16, iOS17, iOS18, macOS14")
+    shape = ct.EnumeratedShapes(shapes=[list(s) for s in enumerated], default=list(enumerated[0])) if enumerated \
+        else tuple(latents.shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model.eval(), latents, check_trace=False)
+        return ct.convert(traced, inputs=[ct.TensorType(name="latents", shape=shape)],
+                          outputs=[ct.TensorType(name="video")], convert_to="mlprogram",
+                          compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                          minimum_deployment_target=getattr(ct.target, target))
+
+
+def describe(path: str | Path) -> dict:
+    """Input/output shapes, op-type histogram (``const`` counted apart), op count and largest tensor rank
+    of a saved .mlpackage, read from its spec."""
+    ct = import_coremltools()
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    hist, ranks = collections.Counter(), [0]
+
+    def walk(block):
+        for op in block.operations:
+            hist[op.type] += 1
+            ranks.extend(o.type.tensorType.rank for o in op.outputs if o.type.HasField("tensorType"))
+            for b in op.blocks:
+                walk(b)
+
+    main = spec.mlProgram.functions["main"]
+    walk(main.block_specializations[main.opset])
+
+    def io(features):
+        out = {}
+        for f in features:
+            arr = f.type.multiArrayType
+            shapes = [list(s.shape) for s in arr.enumeratedShapes.shapes] if arr.HasField("enumeratedShapes") else []
+            out[f.name] = {"shape": list(arr.shape), **({"enumerated": shapes} if shapes else {})}
+        return out
+
+    consts = hist.pop("const", 0)
+    return {"inputs": io(spec.description.input), "outputs": io(spec.description.output),
+            "ops": dict(hist.most_common()), "op_count": sum(hist.values()), "const_count": consts,
+            "max_rank": max(ranks)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
+    p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
+    p.add_argument("--resolution", required=True, help="HxW (or H) of the decoded video")
+    p.add_argument("--frames", type=int, help="frames of the decoded video (default: the config's num_frames)")
+    p.add_argument("--output", required=True, help="output .mlpackage")
+    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"])
+    p.add_argument("--deployment-target", default="iOS17")
+    p.add_argument("--enumerated-shapes", help="comma-separated HxW list, e.g. 512x512,720x1280 (one model)")
+    p.add_argument("--pixel-shuffle", default="decoupled", choices=["decoupled", "classic"],
+                   help="classic: the same student with the rank-8 3D pixel shuffle (for comparison)")
+    p.add_argument("--crop", action="store_true", help="decode the next producible size and centre-crop")
+    p.add_argument("--benchmark", action="store_true", help="time predictions (macOS only)")
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args(argv)
+    try:
+        ct = import_coremltools()
+        cfg = load_config(args.config)
+        height, width = parse_resolution(args.resolution)
+        frames = args.frames or cfg["num_frames"]
+        student = load_student(cfg, args.student)
+        if args.pixel_shuffle == "classic":
+            student = classic_twin(student)
+        model, z = export_model(student, frames, height, width, crop=args.crop)
+        enumerated = None
+        if args.enumerated_shapes:
+            if model is not student:
+                raise RequestError("--crop works with fixed shapes only; leave out --enumerated-shapes")
+            sizes = [parse_resolution(s) for s in args.enumerated_shapes.split(",")]
+            enumerated = [latent_shape(student, frames, h, w) for h, w in sizes]
+            z = torch.randn(enumerated[0])
+        t0 = time.perf_counter()
+    except (RequestError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        mlmodel = convert(model, z, args.precision, args.deployment_target, enumerated)
+    except (ValueError, RuntimeError, NotImplementedError) as e:  # e.g. the classic shuffle's rank-8 reshape
+        print(f"error: Core ML conversion failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mlmodel.save(str(out))
+    print(f"saved {out} ({args.pixel_shuffle} shuffle, {args.precision}, {args.deployment_target}) "
+          f"in {time.perf_counter() - t0:.1f} s")
+
+    info = describe(out)
+    for kind in ("inputs", "outputs"):
+        for name, d in info[kind].items():
+            print(f"{kind[:-1]} {name}: {d['shape']}" + (f", enumerated {d['enumerated']}" if "enumerated" in d else ""))
+    print(f"ops: {info['op_count']} (+ {info['const_count']} const); largest rank {info['max_rank']}")
+    for op, n in info["ops"].items():
+        print(f"  {op:24s} {n}")
+    if info["max_rank"] > MAX_RANK and args.pixel_shuffle == "decoupled":
+        print(f"error: a tensor of rank {info['max_rank']} > {MAX_RANK} in the converted model", file=sys.stderr)
+        return 1
+
+    if args.benchmark:
+        if platform.system() != "Darwin":
+            print("--benchmark: Core ML prediction is macOS-only; conversion and inspection done")
+            return 0
+        loaded = ct.models.MLModel(str(out), compute_units=ct.ComputeUnit.ALL)
+        feed = {"latents": z.numpy()}
+        loaded.predict(feed)
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            loaded.predict(feed)
+            times.append((time.perf_counter() - t) * 1e3)
+        ms = statistics.median(times)
+        print(f"Core ML prediction: median {ms:.1f} ms over {args.repeats}, {frames * 1e3 / ms:.1f} FPS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
