@@ -50,6 +50,8 @@ def main(argv=None):
         extra = ["--output_dir", str(work / mode)]
         if mode in ("cached", "full"):
             extra += ["--latents_dir", str(work / "latents")]
+        else:
+            extra += ["--no-cache_latents"]
         cls = FullDecodeTrainer if mode == "full" else train_mod.Trainer
         trainers[mode] = cls(train_mod.parse_args(common + extra))
     streams = {m: t.batches(0) for m, t in trainers.items()}

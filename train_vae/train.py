@@ -46,7 +46,7 @@ DEFAULTS = dict(
     lpips_weight=1.0, lpips_frames=None, distill_weight=1.0, distill_loss="l1", disc_weight=0.05,
     disc_start=None, disc_channels=32, disc_lr=None, num_holdout=3, clips_per_video=4, val_every=100,
     log_every=10, checkpoint_every=500, keep_checkpoints=2, mixed_precision="no", num_workers=0,
-    report_to="wandb", channels_last=True, cache_latents=False, train_crop=None, train_frames=None,
+    report_to="wandb", cache_latents=False, train_crop=None, train_frames=None,
 )
 
 
@@ -136,14 +136,16 @@ def parse_args(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="taef2", help="config name (configs/NAME.yaml) or path")
     for key, default in DEFAULTS.items():
-        if key in ("adam_betas", "channels_last", "cache_latents"):
+        if key == "adam_betas":
+            continue
+        if key == "cache_latents":
+            ap.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
+                            help="encode the training clips once into OUTPUT_DIR/latents (default: the config's)")
             continue
         kind = type(default) if default is not None else str
         if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr", "train_crop", "train_frames"):
             kind = float if key == "disc_lr" else int
         ap.add_argument(f"--{key}", type=kind, default=None, help=f"default: {default} (or the config's train: value)")
-    ap.add_argument("--no_channels_last", dest="channels_last", action="store_false", default=None,
-                    help="keep the default memory layout (channels_last_3d is ~10x faster for depthwise backward on CPU)")
     args = vars(ap.parse_args(argv))
     cfg = load_config(args.pop("config"))
     settings = {**DEFAULTS, **cfg.get("train", {}), **{k: v for k, v in args.items() if v is not None}}
@@ -173,12 +175,11 @@ class Trainer:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         set_seed(s["seed"])
         self.device = self.acc.device
-        self.mem = torch.channels_last_3d if s["channels_last"] else torch.contiguous_format
         self.teacher = load_teacher(self.cfg).to(self.device)
         self._setup_data()
-        student = build_student(self.cfg).to(self.device, memory_format=self.mem)
+        student = build_student(self.cfg).to(self.device)  # picks its fast CPU memory layout itself
         distill = self._build_distillation(student) if s["distill_weight"] > 0 else None
-        self.model = Generator(student, distill).to(self.device, memory_format=self.mem)
+        self.model = Generator(student, distill).to(self.device)
         self.recon = ReconstructionLoss(s["lpips_weight"], s["lpips_frames"]).to(self.device)
         self.ema = EMA(student, s["ema_decay"])
         # built once: a fresh model's random init would draw from the global RNG at every validation and
@@ -191,7 +192,7 @@ class Trainer:
         self.use_gan = s["disc_weight"] > 0 and s["disc_start"] < s["max_steps"]
         prepared = [self.model, self.opt, self.sched]
         if self.use_gan:
-            self.disc = PatchDiscriminator3d(s["disc_channels"]).to(self.device, memory_format=self.mem)
+            self.disc = PatchDiscriminator3d(s["disc_channels"]).to(self.device)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=s["disc_lr"] or s["lr"], betas=s["adam_betas"])
             # the discriminator's own scaler: never share the generator's (a reference-code defect)
             self.disc_scaler = torch.amp.GradScaler(self.device.type) if s["mixed_precision"] == "fp16" else None
@@ -267,7 +268,7 @@ class Trainer:
             left = int(torch.randint(latents.shape[4] - lw + 1, ()))
             latents = latents[..., top:top + lh, left:left + lw]
             video = video[..., top * ch:(top + lh) * ch, left * cw:(left + lw) * cw]
-        return latents.contiguous(memory_format=self.mem), video
+        return latents, video
 
     # -- model pieces
     def _build_distillation(self, student: TurboVAED) -> DistillationLoss:
