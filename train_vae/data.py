@@ -270,10 +270,7 @@ def count_frames(path: str | os.PathLike) -> int:
     path = os.fspath(path)
     av = _import_av()
     if av is None:
-        decord = _import_decord()
-        if decord is None:
-            raise ImportError("neither PyAV nor decord is installed")
-        return len(decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1))
+        return len(_decord_only_reader(path))
     with av.open(path) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
@@ -282,6 +279,14 @@ def count_frames(path: str | os.PathLike) -> int:
             return int(stream.frames)
         stream.thread_type = "AUTO"
         return _decode_count(container, stream)
+
+
+def _decord_only_reader(path: str):
+    """A decord reader for machines without PyAV (then decord is the only way to read videos)."""
+    decord = _import_decord()
+    if decord is None:
+        raise ImportError("neither PyAV nor decord is installed")
+    return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
 
 
 @dataclass(frozen=True)
@@ -303,10 +308,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     path = os.fspath(path)
     av = _import_av()
     if av is None:
-        decord = _import_decord()
-        if decord is None:
-            raise ImportError("neither PyAV nor decord is installed")
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        vr = _decord_only_reader(path)
         h, w = vr[0].shape[:2]
         return VideoInfo(len(vr), int(h), int(w), float(vr.get_avg_fps()), "decord")
     with av.open(path) as container:
