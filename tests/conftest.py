@@ -14,6 +14,9 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
+if os.environ.get("TURBO_VAED_ASSETS"):
+    # absolute, so subprocesses started in other folders (torchrun tests) find the assets too
+    os.environ["TURBO_VAED_ASSETS"] = str(Path(os.environ["TURBO_VAED_ASSETS"]).expanduser().resolve())
 
 
 @pytest.fixture(scope="session")
