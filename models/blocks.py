@@ -6,7 +6,8 @@ the student keeps rank <= 5 (Core ML rejects rank > 5 tensors with dynamic shape
 
 Speed on CPU (measured, see scripts/benchmark.py): the blocks work in either memory format and keep
 the one they are given; ``TurboVAED`` runs them in ``channels_last_3d`` on CPU, where oneDNN convolves
-without reordering activations, and ``conv`` sends every CPU float32 convolution to oneDNN.
+without reordering activations, and ``conv`` sends every CPU float32 convolution to oneDNN, in training
+its backward pass too (``_OneDnnConv``: about 2x faster CPU training steps for the TAEF2 student).
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def conv(layer: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
         return layer(x)
     w, geometry = layer.weight, (list(layer.padding), list(layer.stride), list(layer.dilation), layer.groups)
     if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
+        if _OneDnnConv.handles(layer):
+            return _OneDnnConv.apply(x, w, layer.bias, list(layer.padding), layer.groups)
         return torch.mkldnn_convolution(x, w, layer.bias, *geometry)
     key = (w.data_ptr(), w._version, tuple(x.shape))
     cached = _PACKED.get(layer)
@@ -48,6 +51,56 @@ def conv(layer: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
         reorder = torch._C._nn.mkldnn_reorder_conv3d_weight if w.ndim == 5 else torch._C._nn.mkldnn_reorder_conv2d_weight
         cached = _PACKED[layer] = (w, key, reorder(w.detach().to_mkldnn(), *geometry, list(x.shape)))
     return torch.ops.mkldnn._convolution_pointwise(x, cached[2], layer.bias, *geometry, "none", [], "")
+
+
+class _OneDnnConv(torch.autograd.Function):
+    """A stride-1 convolution (dense or depthwise) whose backward pass also runs as oneDNN forward
+    convolutions. PyTorch's own backward picks its native kernel for the same small convs as the forward
+    does, and is slow for depthwise ones even on oneDNN: about 10-20x the forward on one CPU thread.
+
+    Input gradient: the convolution of ``grad`` with the flipped, in/out-swapped kernel (per group).
+    Weight gradient: the convolution of the padded input (channels as batch) with ``grad`` as the kernel.
+    """
+
+    @staticmethod
+    def handles(layer: nn.Conv2d | nn.Conv3d) -> bool:
+        return (all(s == 1 for s in layer.stride) and all(d == 1 for d in layer.dilation)
+                and (layer.groups == 1 or layer.groups == layer.in_channels == layer.out_channels))
+
+    @staticmethod
+    def forward(ctx, x, w, b, padding: list[int], groups: int):
+        ctx.save_for_backward(x, w)
+        ctx.padding, ctx.groups, ctx.has_bias = padding, groups, b is not None
+        ones = [1] * len(padding)
+        return torch.mkldnn_convolution(x, w, b, padding, ones, ones, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        padding, groups = ctx.padding, ctx.groups
+        ones, spatial = [1] * len(padding), tuple(range(2, w.ndim))
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            cout, cin_g = w.shape[:2]
+            w_t = (w.reshape(groups, cout // groups, cin_g, *w.shape[2:]).transpose(1, 2)
+                   .reshape(groups * cin_g, cout // groups, *w.shape[2:]).flip(spatial))
+            back_pad = [k - 1 - p for k, p in zip(w.shape[2:], padding)]
+            grad_x = torch.mkldnn_convolution(grad, w_t, None, back_pad, ones, ones, groups)
+        if ctx.needs_input_grad[1]:
+            pads = [p for q in reversed(padding) for p in (q, q)]
+            xp = F.pad(x, pads) if any(padding) else x
+            if groups == 1:  # (Cin, N, ...) convolved with (Cout, N, ...) -> (Cin, Cout, k...)
+                grad_w = torch.mkldnn_convolution(xp.transpose(0, 1), grad.transpose(0, 1), None, [0] * len(padding),
+                                                  ones, ones, 1).transpose(0, 1)
+            else:  # depthwise: one group per (sample, channel), summed over the batch
+                n, c = x.shape[:2]
+                k = torch.mkldnn_convolution(xp.reshape(1, n * c, *xp.shape[2:]),
+                                             grad.reshape(n * c, 1, *grad.shape[2:]), None, [0] * len(padding),
+                                             ones, ones, n * c)
+                grad_w = k.reshape(n, c, 1, *k.shape[2:]).sum(0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, *spatial))
+        return grad_x, grad_w, grad_b, None, None
 
 
 def pad_time(x: torch.Tensor, front: int, back: int) -> torch.Tensor:

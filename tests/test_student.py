@@ -3,9 +3,10 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.blocks import (Conv3d, DecoupledPixelShuffle3d, PixelShuffle3d, Upsampler3d,
+from models.blocks import (Conv3d, conv, DecoupledPixelShuffle3d, PixelShuffle3d, Upsampler3d,
                            classic_to_decoupled_permutation)
 from models.config import build_student, config_names, load_config, teacher_decoder_params
 from models.student import CheckpointMismatchError, TurboVAED
@@ -174,6 +175,31 @@ def test_causal_conv_ignores_future_frames():
     assert torch.equal(conv(x)[:, :, :4], conv(y)[:, :, :4])
     noncausal = Conv3d(2, 2, 3, causal=False)
     assert not torch.allclose(noncausal(x)[:, :, 3], noncausal(y)[:, :, 3])
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.Conv3d(12, 12, 3, padding=(0, 1, 1)), (1, 12, 7, 16, 16)),                       # dense, PyTorch's native path
+    (nn.Conv3d(12, 3, 3, padding=1), (2, 12, 5, 9, 11)),                                  # batch 2, zero time padding
+    (nn.Conv3d(16, 16, 5, padding=(0, 2, 2), groups=16), (1, 16, 9, 8, 8)),               # depthwise 5x5x5
+    (nn.Conv3d(8, 8, (5, 3, 3), padding=(2, 1, 1), groups=8, bias=False), (2, 8, 6, 5, 7)),
+    (nn.Conv2d(6, 10, 3, padding=1), (3, 6, 12, 12)),
+    (nn.Conv3d(4, 8, 1), (1, 4, 3, 5, 5)),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_fast_conv_matches_pytorch_forward_and_backward(layer, shape, channels_last):
+    """``conv`` (oneDNN forward and the oneDNN-only backward of ``_OneDnnConv``) == the layer itself."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    if channels_last and x.ndim == 5:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    out, ref = conv(layer, x), layer(x)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, *layer.parameters()], grad)
+    want = torch.autograd.grad(ref, [x, *layer.parameters()], grad)
+    for a, b in zip((out, *got), (ref, *want)):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
 def test_upsampler_frame_trimming():
