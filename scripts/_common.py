@@ -155,6 +155,19 @@ def ort_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def export_arguments(description: str, output_help: str):
+    """An argument parser with the options both export scripts take (config, student, size, output, crop)."""
+    import argparse
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
+    p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
+    p.add_argument("--resolution", required=True, help="HxW (or H) of the decoded video")
+    p.add_argument("--frames", type=int, help="frames of the decoded video (default: the config's num_frames)")
+    p.add_argument("--output", required=True, help=output_help)
+    p.add_argument("--crop", action="store_true", help="decode the next producible size and centre-crop")
+    return p
+
+
 def temp_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="turbo_vaed_")
 

@@ -14,7 +14,6 @@ predictions (macOS only). ``--crop`` decodes the next producible size and centre
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import platform
 import statistics
@@ -26,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RequestError, classic_twin, export_model, latent_shape, load_student, parse_resolution  # noqa: E402
+from _common import (RequestError, classic_twin, export_arguments, export_model, latent_shape, load_student,  # noqa: E402
+                     parse_resolution)
 
 from models.config import load_config  # noqa: E402
 
@@ -93,18 +93,12 @@ def describe(path: str | Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
-    p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
-    p.add_argument("--resolution", required=True, help="HxW (or H) of the decoded video")
-    p.add_argument("--frames", type=int, help="frames of the decoded video (default: the config's num_frames)")
-    p.add_argument("--output", required=True, help="output .mlpackage")
+    p = export_arguments(__doc__.split("\n")[0], "output .mlpackage")
     p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"])
     p.add_argument("--deployment-target", default="iOS17")
     p.add_argument("--enumerated-shapes", help="comma-separated HxW list, e.g. 512x512,720x1280 (one model)")
     p.add_argument("--pixel-shuffle", default="decoupled", choices=["decoupled", "classic"],
                    help="classic: the same student with the rank-8 3D pixel shuffle (for comparison)")
-    p.add_argument("--crop", action="store_true", help="decode the next producible size and centre-crop")
     p.add_argument("--benchmark", action="store_true", help="time predictions (macOS only)")
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)

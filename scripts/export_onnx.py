@@ -13,7 +13,6 @@ multiple and centre-crops inside the graph (e.g. 720x1280 from the 32x LTX stude
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,20 +22,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RequestError, export_model, export_onnx, load_student, ort_session, parse_resolution, set_threads  # noqa: E402
+from _common import (RequestError, export_arguments, export_model, export_onnx, load_student, ort_session,  # noqa: E402
+                     parse_resolution, set_threads)
 
 from models.config import load_config  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
-    p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
-    p.add_argument("--resolution", required=True, help="HxW (or H) of the decoded video")
-    p.add_argument("--frames", type=int, help="frames of the decoded video (default: the config's num_frames)")
-    p.add_argument("--output", required=True, help="output .onnx file")
+    p = export_arguments(__doc__.split("\n")[0], "output .onnx file")
     p.add_argument("--dynamic-frames", action="store_true", help="dynamic latent frame axis")
-    p.add_argument("--crop", action="store_true", help="decode the next producible size and centre-crop")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--atol", type=float, default=1e-3, help="max abs error allowed against PyTorch")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime")
