@@ -183,11 +183,14 @@ class ChannelLayerNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
 
 
-def rms_silu(norm: RMSNorm, x: torch.Tensor, time_pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """``pad_time(silu(norm(x)), *time_pad)``: the pre-activation of a conv, with its temporal padding.
+def rms_silu(norm: RMSNorm | None, x: torch.Tensor, time_pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``pad_time(silu(norm(x)), *time_pad)``: the pre-activation of a conv, with its temporal padding
+    (``norm=None``: no normalisation, ``x`` is left untouched).
 
     On CPU without autograd the normalised frames are written once, straight into the padded buffer,
     instead of being copied again by ``pad_time``."""
+    if norm is None:
+        return pad_time(F.silu(x), *time_pad)
     if not eager_cpu(x) or (torch.is_grad_enabled() and x.requires_grad) or not any(time_pad):
         return pad_time(F.silu(norm(x), inplace=True), *time_pad)
     front, back = time_pad

@@ -41,6 +41,9 @@ class TurboVAED(ModelMixin, ConfigMixin):
       causal: causal temporal padding (first frame replicated in front only).
       trim_first_frames: drop r_t - 1 frames after each temporal upsampling (1 + r_t*k frame videos).
       pixel_shuffle: "decoupled" (paper, rank <= 5) or "classic" (rank-8 3D shuffle, for ablation).
+      output_norm: RMSNorm before the final SiLU + conv (as LTX's decoder). An affine-free RMSNorm keeps only
+        the direction of each pixel's feature vector; with the CPU demo's 12 output channels that costs
+        about 1 dB (configs/taef2.yaml turns it off), with 64+ channels it is harmless.
 
     CPU speed (float32, eager; see models/blocks.py and scripts/benchmark.py): ``forward`` turns the
     latents into ``channels_last_3d`` and every block keeps that layout, so oneDNN convolves without
@@ -71,6 +74,7 @@ class TurboVAED(ModelMixin, ConfigMixin):
         causal: bool = False,
         trim_first_frames: bool = True,
         pixel_shuffle: str = "decoupled",
+        output_norm: bool = True,
     ):
         super().__init__()
         n = len(BLOCK_NAMES)
@@ -96,7 +100,7 @@ class TurboVAED(ModelMixin, ConfigMixin):
             upsamplers_2d.append(Upsampler2d(c))
             c //= 4
         self.upsamplers_2d = nn.ModuleList(upsamplers_2d)
-        self.norm_out = RMSNorm()
+        self.norm_out = RMSNorm() if output_norm else None
         self.conv_out = Conv3d(c, out_channels, 3, causal=causal)
 
     # ---- geometry -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.blocks import (Conv3d, conv, DecoupledPixelShuffle3d, PixelShuffle3d, Upsampler3d,
+from models.blocks import (Conv3d, conv, DecoupledPixelShuffle3d, PixelShuffle3d, Upsampler3d, pad_time, rms_silu,
                            classic_to_decoupled_permutation)
 from models.config import build_student, config_names, load_config, teacher_decoder_params
 from models.student import CheckpointMismatchError, TurboVAED
@@ -235,3 +235,25 @@ def test_mismatched_checkpoint_raises(tmp_path):
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError):
         TurboVAED.from_pretrained(tmp_path / "s")
+
+
+def test_output_norm_switch_keeps_weights_and_pixel_magnitude():
+    with_norm, without = tiny("taef2", output_norm=True).eval(), tiny("taef2", output_norm=False).eval()
+    assert n_params(with_norm) == n_params(without)
+    without.load_state_dict(with_norm.state_dict(), strict=True)  # RMSNorm has no weights: same checkpoint keys
+    assert without.norm_out is None and TurboVAED.from_config(without.config).norm_out is None
+
+    def head(model, x):  # what the student does after its last block
+        return model.conv_out(rms_silu(model.norm_out, x, model.conv_out.time_pad), padded=True)
+
+    x = torch.randn(1, 16, 3, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    x0 = x.clone()
+    with torch.no_grad():
+        # affine-free RMSNorm throws away each pixel's feature magnitude; without it the output conv sees it
+        torch.testing.assert_close(head(with_norm, 3 * x), head(with_norm, x), rtol=1e-4, atol=1e-5)
+        assert (head(without, 3 * x) - head(without, x)).abs().max() > 0.1
+        ref = without.conv_out.conv(pad_time(torch.nn.functional.silu(x), *without.conv_out.time_pad))
+        torch.testing.assert_close(head(without, x), ref, rtol=1e-4, atol=1e-5)
+    assert torch.equal(x, x0)  # the block output is not overwritten in place
+    z = torch.randn(1, 32, 3, 2, 2)
+    assert without(z).shape == with_norm(z).shape == (1, 3, 3, 16, 16)
