@@ -6,6 +6,7 @@ decoupled 3D pixel shuffle in every upsampler.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Sequence
 
@@ -186,9 +187,18 @@ class TurboVAED(ModelMixin, ConfigMixin):
     # ---- loading --------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """As ``ModelMixin.from_pretrained``, but any missing, unexpected or mis-shaped tensor raises
-        ``CheckpointMismatchError`` naming expected and got, instead of a warning."""
+        """As ``ModelMixin.from_pretrained``, but any missing, unexpected or mis-shaped tensor, or a config
+        setting the class does not take, raises ``CheckpointMismatchError`` naming expected and got, instead
+        of a warning."""
         want_info = kwargs.pop("output_loading_info", False)
+        config_kwargs = {k: kwargs[k] for k in ("subfolder", "cache_dir", "revision", "local_files_only", "token")
+                         if k in kwargs}
+        config = cls.load_config(pretrained_model_name_or_path, **config_kwargs)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
+        if unknown:  # diffusers would warn and build the default instead, silently another model
+            raise CheckpointMismatchError(f"config of {pretrained_model_name_or_path} has settings this TurboVAED "
+                                          f"does not take: {unknown} (accepted: {sorted(accepted)})")
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         except (RuntimeError, ValueError) as e:

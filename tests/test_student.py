@@ -231,6 +231,11 @@ def test_mismatched_checkpoint_raises(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="mid.resnets.1"):
         TurboVAED.from_pretrained(tmp_path / "s")
     cfg["layers_per_block"] = [1] * 5
+    cfg["output_nrom"] = False  # a misspelt setting would otherwise be dropped with a warning
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match="output_nrom"):
+        TurboVAED.from_pretrained(tmp_path / "s")
+    del cfg["output_nrom"]
     cfg["block_out_channels"] = [16, 16, 16, 16, 32]  # same keys, wrong shapes
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatchError):
