@@ -22,8 +22,9 @@ def clips(tmp_path_factory):
 def settings(clips, out, **kw):
     argv = ["--config", "taef2", "--data_dir", str(clips), "--output_dir", str(out), "--resolution", "32",
             "--num_frames", "3", "--num_holdout", "1", "--max_steps", "6", "--checkpoint_every", "3",
-            "--log_every", "1", "--val_every", "3", "--report_to", "none", "--lpips_frames", "1",
-            "--disc_start", "3", "--clips_per_video", "2", "--train_crop", "0", "--train_frames", "0"]
+            "--log_every", "1", "--val_every", "3", "--report_to", "none", "--disc_start", "3",
+            "--clips_per_video", "2", "--train_crop", "0", "--train_frames", "0",
+            "--lpips_weight", "1", "--lpips_frames", "1"]  # the CPU demo trains without LPIPS; the tests keep it
     for k, v in kw.items():
         argv += [f"--{k}", str(v)]
     return train_mod.parse_args(argv)

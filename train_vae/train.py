@@ -456,7 +456,8 @@ class Trainer:
                     row["teacher_val_psnr"] = self.teacher_val_psnr
                 self.log(row)
                 bar.set_postfix(loss=f"{losses['loss']:.4f}", val=row.get("val_psnr", ""))
-                self.plot()
+                if "val_psnr" in row:  # drawing the figure costs about as much as a CPU demo step
+                    self.plot()
                 t0, steps_since = time.perf_counter(), 0
             if step % s["checkpoint_every"] == 0 or step == s["max_steps"]:
                 self.save_checkpoint()
