@@ -10,6 +10,7 @@ from models.student import TurboVAED
 from train_vae import train as train_mod
 from train_vae.data import make_procedural_clips
 from train_vae.losses import ReconstructionLoss
+from train_vae.metrics import psnr, to_unit
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +117,15 @@ def test_gan_stage_keeps_generator_learning_rate(clips, tmp_path):
 
 
 def test_student_learns(clips, tmp_path):
-    s = settings(clips, tmp_path, max_steps=40, val_every=40, checkpoint_every=40, disc_start=40, lr=2e-3,
-                 lpips_weight=0)
-    result = train_mod.Trainer(s).fit()
+    s = settings(clips, tmp_path, max_steps=60, val_every=20, checkpoint_every=60, disc_start=60, lr=2e-3,
+                 warmup_steps=0, lr_schedule="constant", lpips_weight=0)
+    trainer = train_mod.Trainer(s)
+    result = trainer.fit()
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     val = [r["val_psnr"] for r in rows if "val_psnr" in r]
-    assert val[-1] > val[0] + 2.0, val
+    # better than at the start, and better than the best content-free answer (mid-grey frames)
+    grey = psnr(torch.full_like(trainer.val_video, 0.5), to_unit(trainer.val_video)).mean().item()
+    assert val[-1] > val[0] + 1.0 and val[-1] > grey + 0.5, (val, grey)
     assert result["student_psnr"] == pytest.approx(val[-1], abs=1e-4)
     assert (tmp_path / "loss.png").stat().st_size > 1000
     TurboVAED.from_pretrained(tmp_path / "student")  # loadable by users
