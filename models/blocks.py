@@ -189,15 +189,13 @@ def rms_silu(norm: RMSNorm | None, x: torch.Tensor, time_pad: tuple[int, int] = 
 
     On CPU without autograd the normalised frames are written once, straight into the padded buffer,
     instead of being copied again by ``pad_time``."""
-    if norm is None:
-        return pad_time(F.silu(x), *time_pad)
     if not eager_cpu(x) or (torch.is_grad_enabled() and x.requires_grad) or not any(time_pad):
-        return pad_time(F.silu(norm(x), inplace=True), *time_pad)
+        return pad_time(F.silu(x) if norm is None else F.silu(norm(x), inplace=True), *time_pad)
     front, back = time_pad
     b, c, t, h, w = x.shape
     out = torch.empty((b, c, front + t + back, h, w), dtype=x.dtype, memory_format=torch.channels_last_3d)
     frames = out[:, :, front:front + t]
-    F.silu(torch.mul(x, norm.scale(x), out=frames), inplace=True)
+    F.silu(frames.copy_(x) if norm is None else torch.mul(x, norm.scale(x), out=frames), inplace=True)
     out[:, :, :front] = frames[:, :, :1]
     out[:, :, front + t:] = frames[:, :, -1:]
     return out

@@ -6,6 +6,7 @@ twin of a student, ONNX export and ONNX Runtime sessions.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -157,7 +158,6 @@ def ort_session(path: str | Path, threads: int | None = None):
 
 def export_arguments(description: str, output_help: str):
     """An argument parser with the options both export scripts take (config, student, size, output, crop)."""
-    import argparse
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
     p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
