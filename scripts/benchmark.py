@@ -192,6 +192,8 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
             tcfg = dict(cfg, teacher=dict(cfg["teacher"], source=args.teacher)) if args.teacher else cfg
             teacher = _to(load_teacher(tcfg, random_init=args.teacher is None), device, dtype).eval()
             modes = teacher_modes(teacher)
+            if args.teacher_mode == "default":
+                modes = {"default": modes["default"]}
             res["teacher_weights"] = args.teacher or "random (default config)"
         except Exception as e:  # e.g. TAEF2 weights not available: report the student alone
             res["note"] = (note + "; " if note else "") + f"teacher unavailable: {e}".split("\n")[0]
@@ -333,6 +335,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, help="torch (and ONNX Runtime) CPU threads")
     p.add_argument("--student-only", action="store_true", help="leave out the teacher")
+    p.add_argument("--teacher-mode", default="all", choices=["all", "default"],
+                   help="teacher decode modes to time: all (HunyuanVideo: framewise default and single pass) "
+                        "or only diffusers' default")
     p.add_argument("--skip-shuffle", action="store_true", help="leave out the decoupled vs classic shuffle timing")
     p.add_argument("--json", help="write results here")
     p.add_argument("--markdown", help="with --all: write the table here (default: next to --json)")
