@@ -15,7 +15,7 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .blocks import SHUFFLES, Conv3d, MidBlock3d, RMSNorm, UpBlock3d, Upsampler2d, eager_cpu, rms_silu
+from .blocks import SHUFFLES, Conv3d, MidBlock3d, RMSNorm, UpBlock3d, Upsampler2d, eager_cpu, rms_silu, workspace
 
 BLOCK_NAMES = ("mid", "up0", "up1", "up2", "up3")
 
@@ -163,16 +163,18 @@ class TurboVAED(ModelMixin, ConfigMixin):
         feats = {}
         fast_cpu = eager_cpu(latents)
         x = latents.contiguous(memory_format=torch.channels_last_3d) if fast_cpu else latents
-        x = self.mid(self.conv_in(x))
-        if "mid" in return_features:
-            feats["mid"] = x
-        for name, block in zip(BLOCK_NAMES[1:], self.up_blocks):
-            x = block(x)
-            if name in return_features:
-                feats[name] = x
-        for up in self.upsamplers_2d:
-            x = up(x)
-        video = self.conv_out(rms_silu(self.norm_out, x, self.conv_out.time_pad), padded=True)
+        # a no-grad CPU decode reuses its large buffers (blocks.Workspace); never when block outputs are kept
+        with workspace(fast_cpu and not torch.is_grad_enabled() and not return_features):
+            x = self.mid(self.conv_in(x))
+            if "mid" in return_features:
+                feats["mid"] = x
+            for name, block in zip(BLOCK_NAMES[1:], self.up_blocks):
+                x = block(x)
+                if name in return_features:
+                    feats[name] = x
+            for up in self.upsamplers_2d:
+                x = up(x)
+            video = self.conv_out(rms_silu(self.norm_out, x, self.conv_out.time_pad), padded=True)
         if fast_cpu:
             video = video.contiguous()
         return (video, feats) if return_features else video

@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.blocks import (Conv3d, conv, DecoupledPixelShuffle3d, PixelShuffle3d, Upsampler3d, pad_time, rms_silu,
-                           classic_to_decoupled_permutation)
+                           classic_to_decoupled_permutation, workspace)
 from models.config import build_student, config_names, load_config, teacher_decoder_params
 from models.student import CheckpointMismatchError, TurboVAED
 
@@ -200,6 +200,33 @@ def test_cpu_fast_conv_matches_pytorch_forward_and_backward(layer, shape, channe
     for a, b in zip((out, *got), (ref, *want)):
         assert a.shape == b.shape
         assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+@pytest.mark.parametrize("name", ["hunyuan", "ltx", "taef2"])
+def test_cpu_decode_workspace_is_exact_and_leaves_inputs_alone(name):
+    """A no-grad CPU decode (buffers reused, residuals summed inside the convs, blocks.Workspace) gives the
+    autograd path's video, keeps the caller's latents and earlier results intact, and its residual blocks
+    really write their output into their input's memory."""
+    torch.manual_seed(0)
+    cfg = load_config(name)
+    student = build_student(cfg).eval()
+    z = torch.randn(1, cfg["latent_channels"], 3, 4, 4)
+    z_copy = z.clone()
+    with torch.no_grad():
+        first = student(z)
+        kept = first.clone()
+        second = student(z)
+    reference = student(z.clone().requires_grad_(True)).detach()
+    assert torch.equal(z, z_copy) and torch.equal(first, kept) and torch.equal(first, second)
+    assert (first - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+    block = student.mid.resnets[0]
+    x = torch.randn(1, block.out_channels, 3, 4, 4).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        outside = block(x.clone())
+        with workspace():
+            inside = block(x)
+    assert inside.data_ptr() == x.data_ptr() and torch.equal(inside, outside)
 
 
 def test_upsampler_frame_trimming():
