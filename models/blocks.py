@@ -225,7 +225,9 @@ class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel dimension (dim 1) with affine weight and bias, for 5D tensors.
 
     Written with reductions over dim 1 instead of ``nn.LayerNorm`` on a permuted tensor, so it exports
-    as plain elementwise ops (Core ML has no GroupNorm/LayerNorm for 5D channel-first input).
+    as plain elementwise ops (Core ML has no GroupNorm/LayerNorm for 5D channel-first input). On CPU in
+    ``channels_last_3d`` the channels are already the innermost axis, and one fused ``F.layer_norm`` over
+    them replaces the six full-size temporaries of those ops (about 4x faster).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
@@ -235,6 +237,9 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if eager_cpu(x) and x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+            channels_innermost = x.permute(0, 2, 3, 4, 1)  # a contiguous (B, T, H, W, C) view
+            return F.layer_norm(channels_innermost, (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 4, 1, 2, 3)
         mean = x.mean(dim=1, keepdim=True)
         var = (x - mean).pow(2).mean(dim=1, keepdim=True)
         shape = (1, -1) + (1,) * (x.ndim - 2)

@@ -51,7 +51,9 @@ class TurboVAED(ModelMixin, ConfigMixin):
     reordering activations; every conv goes through oneDNN (``blocks.conv``, with weights pre-packed when
     no gradient is needed), RMSNorm is one fused reduction and the normalised activations are written
     straight into the temporally padded conv input: 1.45x (LTX) and 1.27x (HunyuanVideo) faster than
-    plain PyTorch ops at 17x256x256 on one CPU thread, same outputs to ~1e-5. Nothing to switch on: the
+    plain PyTorch ops at 17x256x256 on one CPU thread, same outputs to ~1e-5. A no-grad decode also
+    reuses its large buffers and adds each residual inside a conv (``blocks.Workspace``: 0.83M -> 0.31M
+    page faults for the CogVideoX student at 17x256x256). Nothing to switch on: the
     video comes back contiguous, block features (``return_features``) stay channels-last, weights and the
     state dict keep the default layout, and training on CPU runs in the same layout (autograd through
     ``torch.mkldnn_convolution``). ``student.to(memory_format=...)`` is not needed (and fails: the model

@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.blocks import (Conv3d, conv, DecoupledPixelShuffle3d, PixelShuffle3d, Upsampler3d, pad_time, rms_silu,
-                           classic_to_decoupled_permutation, workspace)
+                           classic_to_decoupled_permutation, ChannelLayerNorm, workspace)
 from models.config import build_student, config_names, load_config, teacher_decoder_params
 from models.student import CheckpointMismatchError, TurboVAED
 
@@ -227,6 +227,25 @@ def test_cpu_decode_workspace_is_exact_and_leaves_inputs_alone(name):
         with workspace():
             inside = block(x)
     assert inside.data_ptr() == x.data_ptr() and torch.equal(inside, outside)
+
+
+def test_channel_layer_norm_fused_cpu_path_matches_plain_ops():
+    """On channels-last CPU input ``ChannelLayerNorm`` runs one fused layer_norm; values and gradients
+    equal those of its export-friendly plain ops (taken on the same data in the default layout)."""
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    x = (3 * torch.randn(2, 6, 3, 4, 5) + 1).requires_grad_(True)
+    fast_in = x.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_(True)
+    fast, plain = norm(fast_in), norm(x)
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d) and plain.is_contiguous()
+    grad = torch.randn_like(plain)
+    got = torch.autograd.grad(fast, [fast_in, norm.weight, norm.bias], grad)
+    want = torch.autograd.grad(plain, [x, norm.weight, norm.bias], grad)
+    for a, b in zip((fast, *got), (plain, *want)):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
 def test_upsampler_frame_trimming():
