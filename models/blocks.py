@@ -39,8 +39,10 @@ class Workspace:
     0.9M faults (2.8 of 28 CPU-seconds) in a 17 x 256 x 256 CogVideoX-student decode. Inside ``workspace()``
     the pre-activations (``rms_silu``) and the first conv output of each ``ResBlock3d`` reuse these buffers,
     and the second conv of a residual block accumulates into its shortcut tensor (oneDNN's fused sum), so a
-    block's output lives in its input's memory. Each buffer is dead before its role asks for it again; the
-    buffers go when the decode ends. Never active with autograd or when block outputs are returned.
+    block's output lives in its input's memory. Each buffer is dead before its role asks for it again.
+    Shapes change from one student block to the next, so the decode ``clear``s the workspace between blocks
+    (peak memory stays that of one block's buffers). Never active with autograd or when block outputs are
+    returned.
     """
 
     def __init__(self):
@@ -57,16 +59,21 @@ class Workspace:
     def zeros(self, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return self.empty(role, shape, dtype).zero_()
 
+    def clear(self) -> None:
+        self._buffers.clear()
+
 
 _WORKSPACE: contextvars.ContextVar[Workspace | None] = contextvars.ContextVar("turbo_vaed_workspace", default=None)
 
 
 @contextlib.contextmanager
 def workspace(enabled: bool = True):
-    """Run the enclosed no-grad CPU decode with a fresh ``Workspace`` (per thread); ``enabled=False``: none."""
-    token = _WORKSPACE.set(Workspace() if enabled else None)
+    """Run the enclosed no-grad CPU decode with a fresh ``Workspace`` (per thread), which it yields;
+    ``enabled=False``: none (yields None)."""
+    ws = Workspace() if enabled else None
+    token = _WORKSPACE.set(ws)
     try:
-        yield
+        yield ws
     finally:
         _WORKSPACE.reset(token)
 

@@ -166,11 +166,13 @@ class TurboVAED(ModelMixin, ConfigMixin):
         fast_cpu = eager_cpu(latents)
         x = latents.contiguous(memory_format=torch.channels_last_3d) if fast_cpu else latents
         # a no-grad CPU decode reuses its large buffers (blocks.Workspace); never when block outputs are kept
-        with workspace(fast_cpu and not torch.is_grad_enabled() and not return_features):
+        with workspace(fast_cpu and not torch.is_grad_enabled() and not return_features) as ws:
             x = self.mid(self.conv_in(x))
             if "mid" in return_features:
                 feats["mid"] = x
             for name, block in zip(BLOCK_NAMES[1:], self.up_blocks):
+                if ws is not None:
+                    ws.clear()  # the next block works at other shapes
                 x = block(x)
                 if name in return_features:
                     feats[name] = x
