@@ -5,12 +5,20 @@
 #   NUM_PROCESSES=8 bash train.sh hunyuan --data_dir ... --mixed_precision bf16   # accelerate launch
 # Overrides: see `python train_vae/train.py --help` (--max_steps, --resolution, --num_frames, --batch_size,
 # --seed, --resume latest, --distill_weight, --disc_start, --latents_dir, ...).
+# NUM_PROCESSES > 1 without a GPU starts that many CPU processes (gloo; OMP_NUM_THREADS = cores / processes
+# each unless set): `accelerate launch --cpu` alone would start just one.
 set -euo pipefail
 cd "$(dirname "$0")"
 export WANDB_MODE="${WANDB_MODE:-offline}"
 config=taef2
 if [[ $# -gt 0 && $1 != --* ]]; then config=$1; shift; fi
-if [[ "${NUM_PROCESSES:-1}" -gt 1 ]]; then
-  exec accelerate launch --num_processes "$NUM_PROCESSES" train_vae/train.py --config "$config" "$@"
+procs="${NUM_PROCESSES:-1}"
+if [[ "$procs" -gt 1 ]]; then
+  if ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    threads=$(( $(nproc) / procs ))
+    export ACCELERATE_USE_CPU=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
+  fi
+  exec accelerate launch --multi_gpu --num_processes "$procs" --num_machines 1 --dynamo_backend no \
+    train_vae/train.py --config "$config" "$@"
 fi
 exec python train_vae/train.py --config "$config" "$@"

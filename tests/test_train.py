@@ -2,6 +2,10 @@
 
 Tiny runs on procedural clips with the real TAEF2 teacher (weights via TURBO_VAED_ASSETS)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +153,20 @@ def test_bad_settings_are_clear(clips, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="empty"):
         train_mod.Trainer(settings(empty, tmp_path / "o"))
+
+
+def test_train_sh_starts_several_cpu_processes(clips, tmp_path):
+    """``NUM_PROCESSES=2 bash train.sh`` on a machine without GPU trains with two gloo processes
+    (``accelerate launch --cpu`` alone starts one and says nothing)."""
+    repo = Path(__file__).resolve().parent.parent
+    cmd = ["bash", str(repo / "train.sh"), "taef2", "--data_dir", str(clips), "--output_dir", str(tmp_path / "ddp"),
+           "--resolution", "32", "--num_frames", "3", "--num_holdout", "1", "--max_steps", "2",
+           "--checkpoint_every", "2", "--val_every", "2", "--report_to", "none", "--clips_per_video", "2",
+           "--train_crop", "0", "--train_frames", "0", "--lpips_weight", "0"]
+    env = {**os.environ, "NUM_PROCESSES": "2", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "ddp" / "final_metrics.json").read_text())
+    assert result["num_processes"] == 2 and result["samples_per_step"] == 2 and result["step"] == 2
+    assert (tmp_path / "ddp" / "student" / "config.json").is_file()

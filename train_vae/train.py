@@ -468,8 +468,9 @@ class Trainer:
         """Save the EMA student and compare it with the teacher on the held-out clips (PSNR, LPIPS-alex)."""
         from train_vae.lpips import LPIPS
         model = self.ema_student()
-        result = {"step": self.progress.step, "n_holdout_clips": len(self.holdout_files),
-                  "holdout_files": self.holdout_files}
+        result = {"step": self.progress.step, "num_processes": self.acc.num_processes,
+                  "samples_per_step": self.s["batch_size"] * self.s["grad_accum"] * self.acc.num_processes,
+                  "n_holdout_clips": len(self.holdout_files), "holdout_files": self.holdout_files}
         if self.acc.is_main_process:
             model.save_pretrained(self.out / "student")
             lpips = LPIPS("alex").to(self.device)
