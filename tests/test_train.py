@@ -157,16 +157,21 @@ def test_bad_settings_are_clear(clips, tmp_path):
 
 def test_train_sh_starts_several_cpu_processes(clips, tmp_path):
     """``NUM_PROCESSES=2 bash train.sh`` on a machine without GPU trains with two gloo processes
-    (``accelerate launch --cpu`` alone starts one and says nothing)."""
+    (``accelerate launch --cpu`` alone starts one and says nothing), on the single-process lr schedule
+    (accelerate steps a prepared scheduler once per process unless told otherwise)."""
     repo = Path(__file__).resolve().parent.parent
     cmd = ["bash", str(repo / "train.sh"), "taef2", "--data_dir", str(clips), "--output_dir", str(tmp_path / "ddp"),
            "--resolution", "32", "--num_frames", "3", "--num_holdout", "1", "--max_steps", "2",
            "--checkpoint_every", "2", "--val_every", "2", "--report_to", "none", "--clips_per_video", "2",
-           "--train_crop", "0", "--train_frames", "0", "--lpips_weight", "0"]
+           "--train_crop", "0", "--train_frames", "0", "--lpips_weight", "0",
+           "--lr", "1e-3", "--lr_schedule", "constant", "--warmup_steps", "10", "--log_every", "1"]
     env = {**os.environ, "NUM_PROCESSES": "2", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("OMP_NUM_THREADS", None)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "ddp" / "final_metrics.json").read_text())
     assert result["num_processes"] == 2 and result["samples_per_step"] == 2 and result["step"] == 2
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines())
+           if "lr" in r}
+    assert lrs[1] == pytest.approx(1e-3 * 2 / 10) and lrs[2] == pytest.approx(1e-3 * 3 / 10)  # warm-up step k+1 of 10
     assert (tmp_path / "ddp" / "student" / "config.json").is_file()

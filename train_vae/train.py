@@ -168,7 +168,9 @@ class Trainer:
         self.cfg = s["cfg"]
         if not has_teacher(self.cfg):
             raise ValueError(f"config {self.cfg['name']} has no public teacher to distill from")
-        self.acc = accelerator or Accelerator(mixed_precision=s["mixed_precision"])
+        # the schedule counts optimizer steps: by default accelerate would step it once per process per step
+        # (an 8-process run would reach the end of its cosine after 1/8 of max_steps)
+        self.acc = accelerator or Accelerator(mixed_precision=s["mixed_precision"], step_scheduler_with_optimizer=False)
         self.out = Path(s["output_dir"])
         self.ckpt_dir = self.out / "checkpoints"
         if self.acc.is_main_process:
