@@ -108,14 +108,13 @@ def conv(layer: nn.Conv2d | nn.Conv3d, x: torch.Tensor, add_to: torch.Tensor | N
     if cached is None or cached[0] is not w or cached[1] != key:
         reorder = torch._C._nn.mkldnn_reorder_conv3d_weight if w.ndim == 5 else torch._C._nn.mkldnn_reorder_conv2d_weight
         cached = _PACKED[layer] = (w, key, reorder(w.detach().to_mkldnn(), *geometry, list(x.shape)))
-    if add_to is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, cached[2], layer.bias, *geometry, "none", [], "")
-    if not (eager_cpu(add_to) and add_to.is_contiguous(memory_format=torch.channels_last_3d if x.ndim == 5
-                                                         else torch.channels_last)
-            and x.is_contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)):
-        return torch.ops.mkldnn._convolution_pointwise(x, cached[2], layer.bias, *geometry, "none", [], "").add_(add_to)
-    return torch.ops.mkldnn._convolution_pointwise_.binary(add_to, x, cached[2], layer.bias, *geometry,
-                                                           "add", None, None, [], None)
+    if add_to is not None:
+        fmt = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+        if eager_cpu(add_to) and add_to.is_contiguous(memory_format=fmt) and x.is_contiguous(memory_format=fmt):
+            return torch.ops.mkldnn._convolution_pointwise_.binary(add_to, x, cached[2], layer.bias, *geometry,
+                                                                   "add", None, None, [], None)
+    out = torch.ops.mkldnn._convolution_pointwise(x, cached[2], layer.bias, *geometry, "none", [], "")
+    return out if add_to is None else out.add_(add_to)
 
 
 class _OneDnnConv(torch.autograd.Function):
