@@ -163,7 +163,7 @@ def test_train_sh_starts_several_cpu_processes(clips, tmp_path):
     cmd = ["bash", str(repo / "train.sh"), "taef2", "--data_dir", str(clips), "--output_dir", str(tmp_path / "ddp"),
            "--resolution", "32", "--num_frames", "3", "--num_holdout", "1", "--max_steps", "2",
            "--checkpoint_every", "2", "--val_every", "2", "--report_to", "none", "--clips_per_video", "2",
-           "--train_crop", "0", "--train_frames", "0", "--lpips_weight", "0",
+           "--train_crop", "0", "--train_frames", "0", "--lpips_weight", "0", "--batch_size", "1",
            "--lr", "1e-3", "--lr_schedule", "constant", "--warmup_steps", "10", "--log_every", "1"]
     env = {**os.environ, "NUM_PROCESSES": "2", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("OMP_NUM_THREADS", None)
