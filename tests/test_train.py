@@ -24,15 +24,20 @@ def clips(tmp_path_factory):
     return d
 
 
-def settings(clips, out, **kw):
-    argv = ["--config", "taef2", "--data_dir", str(clips), "--output_dir", str(out), "--resolution", "32",
+def argv(clips, out, **kw):
+    """train.py's command line for a tiny run; ``kw`` adds or overrides flags."""
+    args = ["--config", "taef2", "--data_dir", str(clips), "--output_dir", str(out), "--resolution", "32",
             "--num_frames", "3", "--num_holdout", "1", "--max_steps", "6", "--checkpoint_every", "3",
             "--log_every", "1", "--val_every", "3", "--report_to", "none", "--disc_start", "3",
             "--clips_per_video", "2", "--train_crop", "0", "--train_frames", "0",
             "--lpips_weight", "1", "--lpips_frames", "1"]  # the CPU demo trains without LPIPS; the tests keep it
     for k, v in kw.items():
-        argv += [f"--{k}", str(v)]
-    return train_mod.parse_args(argv)
+        args += [f"--{k}", str(v)]
+    return args
+
+
+def settings(clips, out, **kw):
+    return train_mod.parse_args(argv(clips, out, **kw))
 
 
 def weights(out):
@@ -160,11 +165,9 @@ def test_train_sh_starts_several_cpu_processes(clips, tmp_path):
     (``accelerate launch --cpu`` alone starts one and says nothing), on the single-process lr schedule
     (accelerate steps a prepared scheduler once per process unless told otherwise)."""
     repo = Path(__file__).resolve().parent.parent
-    cmd = ["bash", str(repo / "train.sh"), "taef2", "--data_dir", str(clips), "--output_dir", str(tmp_path / "ddp"),
-           "--resolution", "32", "--num_frames", "3", "--num_holdout", "1", "--max_steps", "2",
-           "--checkpoint_every", "2", "--val_every", "2", "--report_to", "none", "--clips_per_video", "2",
-           "--train_crop", "0", "--train_frames", "0", "--lpips_weight", "0", "--batch_size", "1",
-           "--lr", "1e-3", "--lr_schedule", "constant", "--warmup_steps", "10", "--log_every", "1"]
+    cmd = ["bash", str(repo / "train.sh"), *argv(clips, tmp_path / "ddp", max_steps=2, checkpoint_every=2, val_every=2,
+                                                 lpips_weight=0, batch_size=1, lr=1e-3, lr_schedule="constant",
+                                                 warmup_steps=10)]
     env = {**os.environ, "NUM_PROCESSES": "2", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("OMP_NUM_THREADS", None)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
