@@ -62,7 +62,9 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+# containers PyAV/FFmpeg read as video; other files in a data folder are named in one warning, never silently dropped
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".mpg", ".mpeg", ".m4v", ".ts", ".mts", ".m2ts", ".ogv",
+                    ".flv", ".wmv", ".3gp", ".vob", ".mxf", ".y4m")
 INDEX_VERSION = 2  # bump whenever probing changes: old caches are then ignored
 
 __all__ = [
@@ -401,13 +403,20 @@ class VideoIndex:
 
     # -- scanning ---------------------------------------------------------------------------
     def _list_files(self) -> list[str]:
-        out = []
+        """Video files under the folder; the other (non-hidden) files go to ``self.ignored``, named in one warning."""
+        out, self.ignored = [], []
         for root, dirs, files in os.walk(self.data_dir, followlinks=True):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in files:
+                rel = (Path(root) / name).relative_to(self.data_dir).as_posix()
                 if name.lower().endswith(VIDEO_EXTENSIONS):
-                    rel = (Path(root) / name).relative_to(self.data_dir).as_posix()
                     out.append(rel)
+                elif not name.startswith("."):
+                    self.ignored.append(rel)
+        if self.ignored:
+            shown = ", ".join(sorted(self.ignored)[:10]) + (", ..." if len(self.ignored) > 10 else "")
+            warnings.warn(f"{len(self.ignored)} file(s) in {str(self.data_dir)!r} left out: not a video file extension "
+                          f"({shown}); video extensions: {' '.join(VIDEO_EXTENSIONS)}", VideoSkipWarning, stacklevel=3)
         return sorted(out)
 
     def _load_cache(self) -> dict[str, dict]:
