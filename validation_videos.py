@@ -157,8 +157,8 @@ def decode_student(student, latents: torch.Tensor, tile_pixels: int = 512, overl
     clip more than ``tile_frames`` frames."""
     _, _, t, lh, lw = latents.shape
     ct, ch, cw = student.compression
-    causal = bool(getattr(getattr(student, "config", None), "trim_first_frames", False))
-    frames = 1 + (t - 1) * ct if causal else t * ct
+    frames = student.num_output_frames(t)
+    causal = student.num_output_frames(1) == 1  # the first latent frame decodes to one frame
     spatial = lh * ch * lw * cw > tile_pixels ** 2
     temporal = frames > tile_frames
     if not (spatial or temporal):

@@ -24,7 +24,84 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not match the model built from its config."""
 
 
-class TurboVAED(ModelMixin, ConfigMixin):
+class StudentDecoder(ModelMixin, ConfigMixin):
+    """What every student decoder of this project offers (``TurboVAED``, ``models.derived.DerivedStudent``):
+    ``forward(latents, return_features=())``, ``decode``, the geometry below (from ``compression`` and
+    ``num_output_frames``), input checks, and strict ``from_pretrained``."""
+
+    @property
+    def compression(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def num_output_frames(self, latent_frames: int) -> int:
+        raise NotImplementedError
+
+    def output_shape(self, latent_shape: Sequence[int]) -> tuple[int, int, int, int, int]:
+        b, _, t, h, w = latent_shape
+        _, ch, cw = self.compression
+        return (b, self.config.out_channels, self.num_output_frames(t), h * ch, w * cw)
+
+    def latent_shape_for(self, frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
+        """Latent shape that decodes to a video of ``frames`` x ``height`` x ``width``; ValueError if none."""
+        ct, ch, cw = self.compression
+        if height % ch or width % cw or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {ch} and {cw} for this student "
+                             f"(compression {ct}x{ch}x{cw}), got {height}x{width}")
+        t = 1
+        while self.num_output_frames(t) < frames:
+            t += 1
+        if self.num_output_frames(t) != frames:
+            valid = ", ".join(str(self.num_output_frames(k)) for k in range(1, 6))
+            raise ValueError(f"this student cannot produce {frames} frames; valid frame counts are "
+                             f"{valid}, ... (temporal compression {ct})")
+        return (batch, self.config.latent_channels, t, height // ch, width // cw)
+
+    def check_latents(self, latents: torch.Tensor) -> None:
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+        if latents.ndim != 5:
+            raise ValueError(f"latents must have rank 5 (B, C, T, H, W), got shape {tuple(latents.shape)}")
+        if latents.shape[1] != self.config.latent_channels:
+            raise ValueError(f"expected {self.config.latent_channels} latent channels, got {latents.shape[1]} "
+                             f"(shape {tuple(latents.shape)})")
+        if min(latents.shape[2:]) < 1:
+            raise ValueError(f"latents have an empty dimension: shape {tuple(latents.shape)}")
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, T', H', W') latents -> (B, 3, T, H, W) video in about [-1, 1]."""
+        return self.forward(latents)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As ``ModelMixin.from_pretrained``, but any missing, unexpected or mis-shaped tensor, or a config
+        setting the class does not take, raises ``CheckpointMismatchError`` naming expected and got, instead
+        of a warning."""
+        want_info = kwargs.pop("output_loading_info", False)
+        config_kwargs = {k: kwargs[k] for k in ("subfolder", "cache_dir", "revision", "local_files_only", "token")
+                         if k in kwargs}
+        config = cls.load_config(pretrained_model_name_or_path, **config_kwargs)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
+        if unknown:  # diffusers would warn and build the default instead, silently another model
+            raise CheckpointMismatchError(f"config of {pretrained_model_name_or_path} has settings this {cls.__name__} "
+                                          f"does not take: {unknown} (accepted: {sorted(accepted)})")
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        except (RuntimeError, ValueError) as e:
+            if "size mismatch" in str(e) or "missing" in str(e).lower() or "shape" in str(e).lower():
+                raise CheckpointMismatchError(f"checkpoint at {pretrained_model_name_or_path} does not match "
+                                              f"its config: {e}") from e
+            raise
+        problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+        problems = {k: v for k, v in problems.items() if v}
+        if problems:
+            raise CheckpointMismatchError(
+                f"checkpoint at {pretrained_model_name_or_path} does not match the model built from its config: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items()))
+        return (model, info) if want_info else model
+
+
+class TurboVAED(StudentDecoder):
     """Student video decoder.
 
     Input ``latents``: (B, latent_channels, T', H', W'), normalised as the teacher's diffusion model
@@ -124,37 +201,6 @@ class TurboVAED(ModelMixin, ConfigMixin):
             t = r * (t - 1) + 1 if self.config.trim_first_frames else r * t
         return t
 
-    def output_shape(self, latent_shape: Sequence[int]) -> tuple[int, int, int, int, int]:
-        b, _, t, h, w = latent_shape
-        _, ch, cw = self.compression
-        return (b, self.config.out_channels, self.num_output_frames(t), h * ch, w * cw)
-
-    def latent_shape_for(self, frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
-        """Latent shape that decodes to a video of ``frames`` x ``height`` x ``width``; ValueError if none."""
-        ct, ch, cw = self.compression
-        if height % ch or width % cw or height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive multiples of {ch} and {cw} for this student "
-                             f"(compression {ct}x{ch}x{cw}), got {height}x{width}")
-        t = 1
-        while self.num_output_frames(t) < frames:
-            t += 1
-        if self.num_output_frames(t) != frames:
-            valid = ", ".join(str(self.num_output_frames(k)) for k in range(1, 6))
-            raise ValueError(f"this student cannot produce {frames} frames; valid frame counts are "
-                             f"{valid}, ... (compression {ct}, trim_first_frames={self.config.trim_first_frames})")
-        return (batch, self.config.latent_channels, t, height // ch, width // cw)
-
-    def check_latents(self, latents: torch.Tensor) -> None:
-        if not isinstance(latents, torch.Tensor):
-            raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
-        if latents.ndim != 5:
-            raise ValueError(f"latents must have rank 5 (B, C, T, H, W), got shape {tuple(latents.shape)}")
-        if latents.shape[1] != self.config.latent_channels:
-            raise ValueError(f"expected {self.config.latent_channels} latent channels, got {latents.shape[1]} "
-                             f"(shape {tuple(latents.shape)})")
-        if min(latents.shape[2:]) < 1:
-            raise ValueError(f"latents have an empty dimension: shape {tuple(latents.shape)}")
-
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, return_features: Sequence[str] = ()):
         """Decode ``latents``; with ``return_features`` also return {block name: block output}."""
@@ -183,39 +229,10 @@ class TurboVAED(ModelMixin, ConfigMixin):
             video = video.contiguous()
         return (video, feats) if return_features else video
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, T', H', W') latents -> (B, 3, T, H, W) video in about [-1, 1]."""
-        return self.forward(latents)
+    @property
+    def last_layer_weight(self) -> torch.nn.Parameter:
+        """The output conv's weight (VQGAN's adaptive GAN weight compares gradients there)."""
+        return self.conv_out.conv.weight
 
     def block_channels(self, name: str) -> int:
         return self.config.block_out_channels[BLOCK_NAMES.index(name)]
-
-    # ---- loading --------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """As ``ModelMixin.from_pretrained``, but any missing, unexpected or mis-shaped tensor, or a config
-        setting the class does not take, raises ``CheckpointMismatchError`` naming expected and got, instead
-        of a warning."""
-        want_info = kwargs.pop("output_loading_info", False)
-        config_kwargs = {k: kwargs[k] for k in ("subfolder", "cache_dir", "revision", "local_files_only", "token")
-                         if k in kwargs}
-        config = cls.load_config(pretrained_model_name_or_path, **config_kwargs)
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
-        if unknown:  # diffusers would warn and build the default instead, silently another model
-            raise CheckpointMismatchError(f"config of {pretrained_model_name_or_path} has settings this TurboVAED "
-                                          f"does not take: {unknown} (accepted: {sorted(accepted)})")
-        try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        except (RuntimeError, ValueError) as e:
-            if "size mismatch" in str(e) or "missing" in str(e).lower() or "shape" in str(e).lower():
-                raise CheckpointMismatchError(f"checkpoint at {pretrained_model_name_or_path} does not match "
-                                              f"its config: {e}") from e
-            raise
-        problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
-        problems = {k: v for k, v in problems.items() if v}
-        if problems:
-            raise CheckpointMismatchError(
-                f"checkpoint at {pretrained_model_name_or_path} does not match the model built from its config: "
-                + "; ".join(f"{k}: {v}" for k, v in problems.items()))
-        return (model, info) if want_info else model

@@ -4,7 +4,8 @@ Every teacher offers, on videos (B, 3, T, H, W) in [-1, 1] and latents (B, C, T'
   encode(video) -> latents, normalised as the diffusion model sees them (posterior mode);
   decode(latents) -> video in about [-1, 1];
   features(latents, blocks) -> {block: tensor}, outputs of the named decoder blocks ("mid", "up0",
-    ...), running the decoder only as far as the deepest requested block.
+    ...), running the decoder only as far as the deepest requested block; "video" names the decoded
+    video itself (what ``decode`` returns), from the same pass.
 
 Diffusers teachers are the unmodified diffusers classes. Their features come from forward hooks;
 a forward pre-hook on the module after the deepest requested block shrinks its input to 1x1 pixels,
@@ -47,9 +48,9 @@ class Teacher(nn.Module):
         return super().train(False)
 
     def check_blocks(self, blocks: Sequence[str]) -> None:
-        unknown = [b for b in blocks if b not in self.block_names]
+        unknown = [b for b in blocks if b not in self.block_names + ("video",)]
         if unknown or not blocks:
-            raise ValueError(f"unknown or no teacher blocks {list(blocks)}; choose from {self.block_names}")
+            raise ValueError(f"unknown or no teacher blocks {list(blocks)}; choose from {self.block_names + ('video',)}")
 
     def check_latents(self, z: torch.Tensor) -> None:
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
@@ -140,13 +141,14 @@ class DiffusersTeacher(Teacher):
     def features(self, latents: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
         self.check_latents(latents)
         self.check_blocks(blocks)
-        chunks: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
+        layers = [b for b in blocks if b != "video"]
+        chunks: dict[str, list[torch.Tensor]] = {b: [] for b in layers}
         handles = []
-        for b in blocks:
+        for b in layers:
             def keep(module, args, output, b=b):
                 chunks[b].append((output[0] if isinstance(output, tuple) else output).detach())
             handles.append(self._module(b).register_forward_hook(keep))
-        deepest = max(self.block_names.index(b) for b in blocks)
+        deepest = len(self.block_names) if "video" in blocks else max(self.block_names.index(b) for b in layers)
         if deepest + 1 < len(self.block_names):  # shrink what follows the deepest block to 1x1 pixels
             def shrink(module, args):
                 return (args[0][..., :1, :1].contiguous(),) + tuple(args[1:])
@@ -154,11 +156,12 @@ class DiffusersTeacher(Teacher):
         try:
             with self._single_pass():
                 z = latents / self.latent_scale + self.latent_mean
-                self.vae.decode(z, return_dict=False, **self._decode_kwargs(z))
+                video = self.vae.decode(z, return_dict=False, **self._decode_kwargs(z))[0]
         finally:
             for h in handles:
                 h.remove()
-        return {b: torch.cat(c, dim=2) for b, c in chunks.items()}
+        out = {b: torch.cat(c, dim=2) for b, c in chunks.items()}
+        return {**out, "video": video} if "video" in blocks else out
 
     def decoder_parameters(self) -> int:
         return sum(p.numel() for p in self.vae.decoder.parameters())
@@ -245,12 +248,16 @@ class TAEF2Teacher(Teacher):
     def features(self, latents: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
         self.check_latents(latents)
         self.check_blocks(blocks)
-        want = {DECODER_STAGES[b]: b for b in blocks}
+        want = {DECODER_STAGES[b]: b for b in blocks if b != "video"}
+        if "video" in blocks:
+            want[len(self.decoder) - 1] = "video"
         out, x = {}, self._frames(latents)
         for i, layer in enumerate(self.decoder[: max(want) + 1]):
             x = layer(x)
             if i in want:
                 out[want[i]] = self._video(x, latents.shape[0])
+        if "video" in out:
+            out["video"] = out["video"] * 2 - 1
         return out
 
     def decoder_parameters(self) -> int:

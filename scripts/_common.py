@@ -7,6 +7,7 @@ twin of a student, ONNX export and ONNX Runtime sessions.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -18,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/x.py` from anywhere
 
 from models.blocks import classic_to_decoupled_permutation  # noqa: E402
-from models.config import build_student, load_config  # noqa: E402
-from models.student import TurboVAED  # noqa: E402
+from models.config import load_student as load_config_student  # noqa: E402
+from models.student import StudentDecoder, TurboVAED  # noqa: E402
 
 
 class RequestError(ValueError):
@@ -38,23 +39,12 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return h, w
 
 
-def load_student(cfg: dict, student_dir: str | None = None) -> TurboVAED:
-    """The config's student with random weights, or the trained one in ``student_dir``; eval mode."""
-    if student_dir is None:
-        return build_student(cfg).eval()
-    d = Path(student_dir)
-    for cand in (d, d / "student"):
-        if (cand / "config.json").is_file():
-            student = TurboVAED.from_pretrained(cand).eval()
-            break
-    else:
-        raise RequestError(f"no student found in {d}: expected a save_pretrained folder (config.json + "
-                           f"safetensors) or a checkpoint folder holding one under student/")
-    if student.config.latent_channels != cfg["latent_channels"] or list(student.compression) != list(cfg["compression"]):
-        raise RequestError(f"student in {d} decodes {student.config.latent_channels}-channel latents at compression "
-                           f"{student.compression}, but config '{cfg['name']}' has {cfg['latent_channels']} at "
-                           f"{tuple(cfg['compression'])}")
-    return student
+def load_student(cfg: dict, student_dir: str | None = None) -> StudentDecoder:
+    """``models.config.load_student`` with its errors as RequestError (one line for the user)."""
+    try:
+        return load_config_student(cfg, student_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise RequestError(str(e)) from None
 
 
 def valid_sizes(student: TurboVAED, frames: int, height: int, width: int) -> str:
@@ -77,9 +67,28 @@ def latent_shape(student: TurboVAED, frames: int, height: int, width: int, batch
                            f"{valid_sizes(student, frames, height, width)}") from None
 
 
+def count_macs(fn, *args) -> int:
+    """Multiply-accumulates of ``fn(*args)`` (torch's FLOP counter counts 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops() // 2
+
+
+def meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """The module with parameters on the meta device (shapes only), for counting MACs without compute."""
+    if hasattr(type(module), "from_config") and hasattr(module, "config"):
+        with torch.device("meta"):
+            return type(module).from_config(module.config).eval()
+    return copy.deepcopy(module).to("meta").eval()
+
+
 def classic_twin(student: TurboVAED) -> TurboVAED:
     """The same student with the classic (rank-8) 3D pixel shuffle, computing the same function: each
     upsampler's expansion conv gets its output channels permuted (``classic_to_decoupled_permutation``)."""
+    if not isinstance(student, TurboVAED):
+        raise RequestError("the classic 3D pixel shuffle is a Turbo-VAED ablation; this student is "
+                           f"a {type(student).__name__}")
     cfg = {k: v for k, v in student.config.items() if not k.startswith("_")}
     twin = TurboVAED(**{**cfg, "pixel_shuffle": "classic"}).to(next(student.parameters()).device).eval()
     state = dict(student.state_dict())

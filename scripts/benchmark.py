@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import gc
 import json
@@ -30,11 +29,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RequestError, classic_twin, export_onnx, latent_shape, load_student, ort_session,  # noqa: E402
-                     parse_resolution, set_threads, temp_dir)
+from _common import (RequestError, classic_twin, count_macs, export_onnx, latent_shape, load_student,  # noqa: E402
+                     meta_copy, ort_session, parse_resolution, set_threads, temp_dir)
 
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
@@ -105,21 +103,6 @@ def measure(runners: dict, warmup: int, repeats: int, device: torch.device) -> d
                   f"{name} {dt:.0f} ms", file=sys.stderr, flush=True)
     return {k: {"ms": statistics.median(ms[k]), "all_ms": [round(x, 1) for x in ms[k]],
                 "peak_mb": None if None in mem[k] else max(mem[k])} for k in runners}
-
-
-def count_macs(fn, *args) -> int:
-    """Multiply-accumulates of ``fn(*args)`` (torch's FLOP counter counts 2 per MAC)."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return counter.get_total_flops() // 2
-
-
-def meta_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """The module with parameters on the meta device (shapes only), for counting MACs without compute."""
-    if isinstance(module, TurboVAED) or hasattr(type(module), "from_config") and hasattr(module, "config"):
-        with torch.device("meta"):
-            return type(module).from_config(module.config).eval()
-    return copy.deepcopy(module).to("meta").eval()
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -202,9 +185,9 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
 
     runners = {f"teacher ({m})": (lambda fn: (lambda: fn(z)))(teacher_decode_fn(teacher, s)) for m, s in modes.items()}
 
-    def run_student():
+    def run_student():  # the decode users get (a causal derived student decodes as a stream)
         with torch.inference_mode():
-            return student(z)
+            return student.decode(z)
     runners["student"] = run_student
     print(f"[{name}] latents {tuple(shape)} -> video {frames}x{height}x{width}, {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr, flush=True)
@@ -234,7 +217,7 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
             res["teacher_params"] = int(float(cfg["teacher"].get("decoder_params", 0))) or None
     del teacher
     gc.collect()
-    if not args.skip_shuffle and not args.all:
+    if not args.skip_shuffle and not args.all and isinstance(student, TurboVAED):  # the decoupled shuffle is Turbo-VAED's
         res["shuffle"] = shuffle_comparison(student, z, args)
     return res
 

@@ -1,15 +1,42 @@
-"""Print, for every config, teacher and student decoder parameters, their ratio, latent channels and
-compression. ``--json`` prints a JSON list with keys config, teacher_decoder_params,
-student_decoder_params, latent_channels, compression (plus ratio)."""
+"""Print, for every config, teacher and student decoder parameters and multiply-accumulates, their ratios,
+latent channels and compression. MACs are counted on the meta device (no weights, no compute) for one decode
+of ``--frames`` x ``--resolution`` (default 17 x 256 x 256; the next producible size for 32x students).
+``--json`` prints a JSON list with keys config, teacher, student_type, teacher_decoder_params,
+student_decoder_params, ratio, teacher_gmacs, student_gmacs, mac_ratio, latent_channels, compression."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
-from models.config import build_student, config_names, load_config, teacher_decoder_params
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import count_macs, meta_copy, parse_resolution  # noqa: E402
+
+from models.config import (build_student, config_names, default_teacher_config, has_teacher, is_derived,  # noqa: E402
+                           load_config, teacher_decoder_params)
+from models.teachers import diffusers_class  # noqa: E402
 
 
-def summarize(names: list[str]) -> list[dict]:
+def teacher_gmacs(cfg: dict, z: torch.Tensor) -> float | None:
+    """The teacher's default-config decode of ``z`` (meta latents), in GMACs; None without a public teacher."""
+    kind = cfg["teacher"]["class"]
+    if not has_teacher(cfg):
+        return None
+    if kind == "TAEF2":
+        from models.taef2 import taef2_decoder
+        with torch.device("meta"):
+            dec = taef2_decoder()
+        b, c, t, h, w = z.shape
+        return count_macs(dec, z.transpose(1, 2).reshape(b * t, c, h, w)) / 1e9
+    with torch.device("meta"):
+        vae = diffusers_class(kind)(**default_teacher_config(cfg)).eval()
+    return count_macs(lambda x: vae.decode(x, return_dict=False), z) / 1e9
+
+
+def summarize(names: list[str], frames: int = 17, height: int = 256, width: int = 256) -> list[dict]:
     rows = []
     for name in names:
         cfg = load_config(name)
@@ -18,8 +45,15 @@ def summarize(names: list[str]) -> list[dict]:
         t = teacher_decoder_params(cfg)
         if tuple(student.compression) != tuple(cfg["compression"]):
             raise ValueError(f"{name}: student compression {student.compression} != config {cfg['compression']}")
-        rows.append({"config": name, "teacher": cfg["teacher"]["class"], "teacher_decoder_params": t,
-                     "student_decoder_params": s, "ratio": s / t, "latent_channels": cfg["latent_channels"],
+        _, ch, cw = student.compression
+        shape = student.latent_shape_for(frames, -(-height // ch) * ch, -(-width // cw) * cw)
+        z = torch.zeros(shape, device="meta")
+        s_macs = count_macs(meta_copy(student).decode, z) / 1e9
+        t_macs = teacher_gmacs(cfg, z)
+        rows.append({"config": name, "teacher": cfg["teacher"]["class"],
+                     "student_type": "derived" if is_derived(cfg) else "turbo-vaed", "teacher_decoder_params": t,
+                     "student_decoder_params": s, "ratio": s / t, "teacher_gmacs": t_macs, "student_gmacs": s_macs,
+                     "mac_ratio": None if t_macs is None else t_macs / s_macs, "latent_channels": cfg["latent_channels"],
                      "compression": list(cfg["compression"])})
     return rows
 
@@ -28,17 +62,24 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ap.add_argument("--config", action="append", help="restrict to these configs (repeatable)")
+    ap.add_argument("--frames", type=int, default=17, help="frames of the decode the MACs are counted for")
+    ap.add_argument("--resolution", default="256", help="H or HxW of that decode")
     args = ap.parse_args(argv)
-    rows = summarize(args.config or config_names())
+    h, w = parse_resolution(args.resolution)
+    rows = summarize(args.config or config_names(), args.frames, h, w)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"| config | teacher | teacher decoder | student decoder | student/teacher | latent ch | compression |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"MACs: one decode of {args.frames} x {h} x {w} (diffusers' default decode for teachers)\n")
+    print("| config | student | teacher | teacher decoder | student decoder | student/teacher | teacher GMACs "
+          "| student GMACs | MAC ratio | latent ch | compression |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['teacher']} | {r['teacher_decoder_params'] / 1e6:.1f}M | "
-              f"{r['student_decoder_params'] / 1e6:.2f}M | {100 * r['ratio']:.1f}% | {r['latent_channels']} | "
-              f"{'x'.join(map(str, r['compression']))} |")
+        tm = "-" if r["teacher_gmacs"] is None else f"{r['teacher_gmacs']:,.0f}"
+        mr = "-" if r["mac_ratio"] is None else f"{r['mac_ratio']:.1f}x"
+        print(f"| {r['config']} | {r['student_type']} | {r['teacher']} | {r['teacher_decoder_params'] / 1e6:.1f}M | "
+              f"{r['student_decoder_params'] / 1e6:.2f}M | {100 * r['ratio']:.1f}% | {tm} | {r['student_gmacs']:,.1f} | "
+              f"{mr} | {r['latent_channels']} | {'x'.join(map(str, r['compression']))} |")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -129,3 +128,42 @@ def test_missing_student_folder_fails_clearly(tmp_path, capsys):
     rc = script("export_onnx").main(["--config", "hunyuan", "--student", str(tmp_path), "--resolution", "32x32",
                                      "--output", str(tmp_path / "x.onnx")])
     assert rc == 2 and "no student found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def derived_dirs(tmp_path_factory):
+    """The flash_taef2 student and a narrow flash_ltx student (random weights), saved."""
+    root = tmp_path_factory.mktemp("derived")
+    torch.manual_seed(0)
+    build_student(load_config("flash_taef2")).save_pretrained(root / "flash_taef2")
+    cfg = load_config("flash_ltx")  # every width at 1/32 of LTX's, with the config's operators
+    cfg["student"]["widths"] = {k: 1 / 32 for k in ("mid", "up1", "up2.in", "up2", "up3.in", "up3")}
+    cfg["student"]["inner"] = {s: 1 / 32 for s in ("mid", "up0", "up1", "up2", "up3")}
+    build_student(cfg).save_pretrained(root / "flash_ltx")
+    return root
+
+
+@pytest.mark.parametrize("name, request_args", [
+    ("flash_taef2", ["--resolution", "32x48", "--frames", "3", "--dynamic-frames"]),
+    ("flash_ltx", ["--resolution", "32x64", "--frames", "9"]),
+])
+def test_derived_students_export_to_onnx(name, request_args, derived_dirs, tmp_path, capsys):
+    out = tmp_path / f"{name}.onnx"
+    rc = script("export_onnx").main(["--config", name, "--student", str(derived_dirs / name), "--output", str(out),
+                                     *request_args])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "onnx.checker: ok" in text and onnx_max_rank(out) <= 5
+
+
+@pytest.mark.parametrize("name, frames, size", [("flash_taef2", 2, (32, 32)), ("flash_ltx", 9, (32, 32))])
+def test_derived_students_convert_to_coreml_at_rank_5(name, frames, size, derived_dirs, tmp_path):
+    pytest.importorskip("coremltools")
+    export_coreml, common = script("export_coreml"), script("_common")
+    student = common.load_student(load_config(name), str(derived_dirs / name))
+    z = torch.randn(student.latent_shape_for(frames, *size))
+    path = tmp_path / f"{name}.mlpackage"
+    export_coreml.convert(student, z, "fp16", "iOS17").save(str(path))
+    info = export_coreml.describe(path)
+    assert info["outputs"]["video"]["shape"] == [1, 3, frames, *size]
+    assert info["max_rank"] <= 5

@@ -95,8 +95,8 @@ def test_nan_loss_stops_before_checkpoint(clips, tmp_path, monkeypatch):
     real = ReconstructionLoss.forward
     count = {"n": 0}
 
-    def poisoned(self, rec, target):
-        out = real(self, rec, target)
+    def poisoned(self, rec, target, **kw):
+        out = real(self, rec, target, **kw)
         count["n"] += 1
         if count["n"] == 5:  # during step 5, after the step-3 checkpoint
             out["l1"] = out["l1"] * float("nan")
@@ -178,3 +178,23 @@ def test_train_sh_starts_several_cpu_processes(clips, tmp_path):
            if "lr" in r}
     assert lrs[1] == pytest.approx(1e-3 * 2 / 10) and lrs[2] == pytest.approx(1e-3 * 3 / 10)  # warm-up step k+1 of 10
     assert (tmp_path / "ddp" / "student" / "config.json").is_file()
+
+
+def test_loss_schedule_blends_phases_and_keeps_the_fixed_recipe():
+    from train_vae.losses import LossSchedule
+    s = LossSchedule([{"name": "a", "end": 0.5, "distill": 1.0, "teacher_l1": 1.0},
+                      {"name": "b", "end": 1.0, "teacher_l1": 1.0, "lpips": 0.2}], max_steps=100, ramp=0.1)
+    assert s(0) == {"l1": 0.0, "teacher_l1": 1.0, "lpips": 0.0, "distill": 1.0, "adv": 0.0}
+    assert s(49)["distill"] == 1.0 and s(50)["distill"] == pytest.approx(0.9) and s(50)["lpips"] == pytest.approx(0.02)
+    assert s(54)["distill"] == pytest.approx(0.5) and s(54)["lpips"] == pytest.approx(0.1)
+    assert s(60) == s(99) == {"l1": 0.0, "teacher_l1": 1.0, "lpips": 0.2, "distill": 0.0, "adv": 0.0}
+    assert [s.names[s.phase(k)] for k in (0, 49, 50, 99)] == ["a", "a", "b", "b"]
+    assert s.uses("lpips") and not s.uses("adv")
+    fixed = LossSchedule.fixed(10, lpips=1.0, distill=1.0, adv=0.05, disc_start=3)
+    assert fixed(2) == {"l1": 1.0, "teacher_l1": 0.0, "lpips": 1.0, "distill": 1.0, "adv": 0.0}
+    assert fixed(3)["adv"] == fixed(9)["adv"] == 0.05 and not LossSchedule.fixed(10, 1, 1, 0.05, 10).uses("adv")
+    for phases, message in (([{"end": 0.5}], "must end at 1.0"), ([{"end": 0.6}, {"end": 0.4}], "must be after"),
+                            ([{"end": 1.0, "kl": 1.0}], "unknown loss terms"),
+                            ([{"end": 0.01}, {"end": 1.0}], "gets no step")):
+        with pytest.raises(ValueError, match=message):
+            LossSchedule(phases, 10)

@@ -146,7 +146,8 @@ def single_run(setup):
 
 def test_load_student_resolution(setup, tmp_path):
     from models.student import TurboVAED
-    from train_vae.validation_metrics import load_student, resolve_student_dir
+    from models.config import resolve_student_dir
+    from train_vae.validation_metrics import load_student
 
     cfg = load_config("taef2")
     assert resolve_student_dir(setup / "student") == setup / "student"

@@ -1,6 +1,10 @@
 """Training losses of decoder-only distillation (paper Sec. 4, DESIGN.md section 4).
 
-L = L1 + w_lpips * LPIPS(VGG) + w_distill * L_distill + w_adv * lambda_adaptive * L_adv
+L = w_l1 * L1 + w_teacher_l1 * L1(teacher's decode) + w_lpips * LPIPS(VGG) + w_distill * L_distill
+    + w_adv * lambda_adaptive * L_adv
+with the weights of ``LossSchedule`` at each step: fixed for Turbo-VAED (L1 1, LPIPS 1, distillation 1, the
+GAN term from ``disc_start`` on), or the three phases of Flash-VAED's distillation for teacher-derived
+students (align stages, then outputs, then perceptual/adversarial), each blending into the next.
 
 The KL term of the paper is not here on purpose: the encoder is frozen, so the posterior (and its KL)
 is a constant with zero gradient (the reference code's "KL loss" trained nothing).
@@ -17,28 +21,96 @@ from models.blocks import DecoupledPixelShuffle3d
 from .lpips import LPIPS
 
 
+LOSS_TERMS = ("l1", "teacher_l1", "lpips", "distill", "adv")
+
+
+class LossSchedule:
+    """The weight of every loss term (``LOSS_TERMS``) at each optimizer step.
+
+    ``phases``: a list of {"name", "end" (fraction of ``max_steps`` where the phase ends; the last one 1.0),
+    and a weight per term (absent: 0)}. Entering a phase, each weight moves linearly from the previous phase's
+    value to its own over ``ramp`` x ``max_steps`` steps, so the loss never jumps.
+    ``LossSchedule.fixed`` is the Turbo-VAED recipe: one set of weights, the GAN term switched on at
+    ``disc_start``.
+    """
+
+    def __init__(self, phases: list[dict], max_steps: int, ramp: float = 0.0):
+        if not phases:
+            raise ValueError("train.phases is empty")
+        ends, prev = [], 0.0
+        for p in phases:
+            unknown = sorted(set(p) - {"name", "end", *LOSS_TERMS})
+            if unknown:
+                raise ValueError(f"phase {p.get('name', len(ends))!r}: unknown loss terms {unknown}; "
+                                 f"use {', '.join(LOSS_TERMS)}")
+            end = float(p.get("end", 1.0))
+            if not prev < end <= 1.0:
+                raise ValueError(f"phase {p.get('name', len(ends))!r}: end {end} must be after {prev} and at most "
+                                 "1.0 (fractions of max_steps)")
+            ends.append(end)
+            prev = end
+        if ends[-1] != 1.0:
+            raise ValueError(f"the last phase must end at 1.0 (max_steps), not {ends[-1]}")
+        if not 0 <= ramp < 1:
+            raise ValueError(f"phase_ramp {ramp} must be a fraction of max_steps in [0, 1)")
+        self.names = [str(p.get("name", i)) for i, p in enumerate(phases)]
+        self.weights = [{t: float(p.get(t, 0.0)) for t in LOSS_TERMS} for p in phases]
+        self.starts = [0] + [round(e * max_steps) for e in ends[:-1]]
+        bounds = self.starts + [max_steps]
+        for name, a, b in zip(self.names, bounds, bounds[1:]):
+            if b <= a:
+                raise ValueError(f"phase {name!r} gets no step of max_steps={max_steps}; raise max_steps or move "
+                                 "the phase ends apart")
+        self.ramp = ramp * max_steps
+
+    @classmethod
+    def fixed(cls, max_steps: int, lpips: float, distill: float, adv: float, disc_start: int) -> "LossSchedule":
+        base = {"l1": 1.0, "lpips": lpips, "distill": distill}
+        phases = [{"name": "reconstruction", "end": 1.0, **base}]
+        if adv > 0 and 0 <= disc_start < max_steps:
+            end = disc_start / max_steps
+            phases = ([{"name": "reconstruction", "end": end, **base}] if end > 0 else []) + \
+                [{"name": "adversarial", "end": 1.0, **base, "adv": adv}]
+        return cls(phases, max_steps)
+
+    def phase(self, step: int) -> int:
+        return max(i for i, s in enumerate(self.starts) if step >= s)
+
+    def __call__(self, step: int) -> dict[str, float]:
+        i = self.phase(step)
+        w = self.weights[i]
+        if i == 0 or self.ramp <= 0:
+            return dict(w)
+        f = min(1.0, (step - self.starts[i] + 1) / self.ramp)   # the phase's first step already moves
+        return {t: self.weights[i - 1][t] + f * (w[t] - self.weights[i - 1][t]) for t in LOSS_TERMS}
+
+    def uses(self, term: str) -> bool:
+        return any(w[term] > 0 for w in self.weights)
+
+
 class ReconstructionLoss(nn.Module):
-    """Per-pixel L1 plus LPIPS-VGG on ``lpips_frames`` frames per clip drawn at random (all if None).
+    """Per-pixel L1 plus (``lpips``) LPIPS-VGG on ``lpips_frames`` frames of the batch drawn at random (all if
+    None).
 
     LPIPS-VGG over every frame dominates a CPU step, so sampling frames keeps it affordable; the
     expectation over draws is the all-frame LPIPS.
     """
 
-    def __init__(self, lpips_weight: float = 1.0, lpips_frames: int | None = None, net: str = "vgg"):
+    def __init__(self, lpips: bool = True, lpips_frames: int | None = None, net: str = "vgg"):
         super().__init__()
-        self.lpips_weight = lpips_weight
         self.lpips_frames = lpips_frames
-        self.lpips = LPIPS(net) if lpips_weight > 0 else None
+        self.lpips = LPIPS(net) if lpips else None
 
-    def forward(self, rec: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, rec: torch.Tensor, target: torch.Tensor, with_lpips: bool = True) -> dict[str, torch.Tensor]:
         if rec.shape != target.shape:
             raise ValueError(f"reconstruction {tuple(rec.shape)} and target {tuple(target.shape)} differ")
         out = {"l1": (rec - target).abs().mean()}
-        if self.lpips is not None:
-            t = rec.shape[2]
-            if self.lpips_frames is not None and self.lpips_frames < t:
-                idx = torch.randperm(t, device=rec.device)[: self.lpips_frames]
-                rec, target = rec[:, :, idx], target[:, :, idx]
+        if self.lpips is not None and with_lpips:
+            frames = lambda v: v.transpose(1, 2).reshape(-1, *v.shape[1:2], *v.shape[3:])  # noqa: E731 (B*T, 3, H, W)
+            rec, target = frames(rec), frames(target)
+            if self.lpips_frames is not None and self.lpips_frames < len(rec):
+                idx = torch.randperm(len(rec), device=rec.device)[: self.lpips_frames]
+                rec, target = rec[idx], target[idx]
             out["lpips"] = self.lpips(rec.float(), target.float()).mean()
         return out
 
@@ -76,6 +148,9 @@ class FeatureProjection(nn.Module):
         self.proj = nn.Sequential(nn.Conv3d(cs2, hidden, 1), nn.SiLU(), nn.Conv3d(hidden, hidden, 1))
         self.shuffle = DecoupledPixelShuffle3d(self.up)
 
+    def align(self, f_student: torch.Tensor, f_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(f_student), f_teacher
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         if self.down != (1, 1):
             b, c, t, h, w = f.shape
@@ -86,18 +161,36 @@ class FeatureProjection(nn.Module):
         return f[:, :, self.trim:] if self.trim else f
 
 
+class ChannelSelection(nn.Module):
+    """The "head" of a teacher-derived student's stage: its output holds a subset of the teacher's channels
+    of the same stage (``DerivedStudent.config.teacher_channels``), so it is compared with those channels
+    directly. No parameters."""
+
+    def __init__(self, teacher_channels: list[int]):
+        super().__init__()
+        self.register_buffer("index", torch.tensor(teacher_channels, dtype=torch.long), persistent=False)
+
+    def align(self, f_student: torch.Tensor, f_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return f_student, f_teacher.index_select(1, self.index)
+
+
 class DistillationLoss(nn.Module):
     """L_distill = sum over aligned (student block, teacher block) pairs of mean |proj(f_s) - f_t| (paper
-    Eq. 4; ``kind="mse"`` for the reference code's squared error). Heads are built from feature shapes."""
+    Eq. 4; ``kind="mse"`` for the reference code's squared error). Heads are built from feature shapes
+    (``FeatureProjection``), or, for a stage whose ``teacher_channels`` are given (teacher-derived students,
+    same stage on both sides), select those teacher channels (``ChannelSelection``)."""
 
-    def __init__(self, pairs: list[tuple[str, str]], student_shapes: dict, teacher_shapes: dict, kind: str = "l1"):
+    def __init__(self, pairs: list[tuple[str, str]], student_shapes: dict, teacher_shapes: dict, kind: str = "l1",
+                 teacher_channels: dict[str, list[int]] | None = None):
         super().__init__()
         if kind not in ("l1", "mse"):
             raise ValueError(f"distillation loss must be 'l1' or 'mse', got '{kind}'")
         self.pairs = list(pairs)
         self.kind = kind
+        chosen = teacher_channels or {}
         self.heads = nn.ModuleDict({
-            f"{s}__{t}": FeatureProjection(student_shapes[s], teacher_shapes[t]) for s, t in self.pairs
+            f"{s}__{t}": ChannelSelection(chosen[s]) if s == t and s in chosen
+            else FeatureProjection(student_shapes[s], teacher_shapes[t]) for s, t in self.pairs
         })
 
     @property
@@ -111,8 +204,8 @@ class DistillationLoss(nn.Module):
     def forward(self, student_feats: dict, teacher_feats: dict) -> dict[str, torch.Tensor]:
         out = {}
         for s, t in self.pairs:
-            pred = self.heads[f"{s}__{t}"](student_feats[s])
-            target = teacher_feats[t].to(pred.dtype)
+            pred, target = self.heads[f"{s}__{t}"].align(student_feats[s], teacher_feats[t])
+            target = target.to(pred.dtype)
             if pred.shape != target.shape:
                 raise RuntimeError(f"projected {s} {tuple(pred.shape)} != teacher {t} {tuple(target.shape)}")
             diff = pred - target

@@ -35,3 +35,42 @@ def plot_training(history: list[dict], path: Path, teacher_psnr: float | None = 
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The rows of a training run's ``log.jsonl``."""
+    import json
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no log.jsonl: not a training output folder")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def held_out_curve(rows: list[dict]) -> list[tuple[float, float]]:
+    """(minutes since the run began, held-out PSNR) of every validation row (setup time included)."""
+    return [(r["elapsed_s"] / 60, r["val_psnr"]) for r in rows if "val_psnr" in r and "elapsed_s" in r]
+
+
+def plot_runs(runs: dict[str, list[dict]], path: Path, target: float | None = None) -> None:
+    """Held-out PSNR against wall time for several runs (label -> log rows), with each run's teacher line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    teachers = {}
+    for label, rows in runs.items():
+        curve = held_out_curve(rows)
+        if curve:
+            ax.plot(*zip(*curve), marker="o", ms=3, label=label)
+        teacher = next((r["teacher_val_psnr"] for r in rows if "teacher_val_psnr" in r), None)
+        if teacher is not None:
+            teachers[round(teacher, 3)] = teacher
+    for teacher in teachers.values():
+        ax.axhline(teacher, color="k", ls="--", lw=1, label=f"teacher {teacher:.2f} dB")
+        if target:
+            ax.axhline(target * teacher, color="gray", ls=":", lw=1, label=f"{100 * target:.0f}% of teacher")
+    ax.set(xlabel="wall time (minutes, setup included)", ylabel="held-out PSNR (dB)",
+           title="held-out PSNR of the EMA student")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

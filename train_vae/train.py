@@ -5,10 +5,16 @@
 
 Per step, for each micro-batch: latents come from the cache (``--latents_dir``) or from the frozen teacher
 encoder; the student decodes them; the frozen teacher runs only up to the deepest aligned block for
-the distillation targets; the loss is L1 + LPIPS-VGG + distillation (+ the GAN term from
-``disc_start`` on). Settings: defaults below, then the config's ``train:`` section, then the command line.
+the distillation targets (through to the video when the step also matches the teacher's output); the loss
+is L1 + LPIPS-VGG + distillation (+ the GAN term from ``disc_start`` on), or, for configs with
+``train.phases`` (teacher-derived students), the weights of the current phase (``losses.LossSchedule``).
+Settings: defaults below, then the config's ``train:`` section, then the command line.
 
-Outputs in OUTPUT_DIR: ``student/`` (EMA weights, ``TurboVAED.from_pretrained``), ``checkpoints/step_N/``
+Teacher-derived students (``student: {type: derived}``, ``models/derived``) are first derived from the teacher
+on ``calibration_samples`` latent clips of the training set (``--selection``, ``--compensation``); the result
+is saved to OUTPUT_DIR/derived/ with ``derivation.json``.
+
+Outputs in OUTPUT_DIR: ``student/`` (EMA weights, ``models.config.load_student``), ``checkpoints/step_N/``
 (full training state, written atomically; ``checkpoints/latest`` names the newest), ``log.jsonl``,
 ``loss.png``, ``final_metrics.json``, and a wandb run (offline unless WANDB_MODE says otherwise).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -32,11 +39,11 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from models.config import build_student, has_teacher, load_config, load_teacher
-from models.student import TurboVAED
+from models.config import build_student, has_teacher, is_derived, load_config, load_teacher, teacher_config_of
+from models.student import StudentDecoder
 from train_vae.data import VideoDataset, VideoIndex, collate_videos, make_procedural_clips, split_files
-from train_vae.losses import (DistillationLoss, PatchDiscriminator3d, ReconstructionLoss, adaptive_weight,
-                              generator_adv_loss, hinge_d_loss)
+from train_vae.losses import (DistillationLoss, LossSchedule, PatchDiscriminator3d, ReconstructionLoss,
+                              adaptive_weight, generator_adv_loss, hinge_d_loss)
 from train_vae.metrics import psnr, to_unit
 
 DEFAULTS = dict(
@@ -47,7 +54,13 @@ DEFAULTS = dict(
     disc_start=None, disc_channels=32, disc_lr=None, num_holdout=3, clips_per_video=4, val_every=100,
     log_every=10, checkpoint_every=500, keep_checkpoints=2, mixed_precision="no", num_workers=0,
     report_to="wandb", cache_latents=False, train_crop=None, train_frames=None,
+    phases=None, phase_ramp=0.0, selection="independence", compensation="refit", calibration_samples=16,
+    calibration_frames=None,
 )
+# settings of the fixed (Turbo-VAED) loss weights, which a config with train.phases sets per phase instead
+FIXED_WEIGHT_SETTINGS = ("lpips_weight", "distill_weight", "disc_weight", "disc_start")
+# settings of the teacher-derived student's initialisation (models/derived), meaningless for Turbo-VAED
+DERIVATION_SETTINGS = ("selection", "compensation", "calibration_samples", "calibration_frames")
 
 
 # ---- small pieces of training state --------------------------------------------------------------
@@ -91,7 +104,7 @@ class Progress:
 class Generator(nn.Module):
     """What the generator optimizer trains: the student and the distillation projection heads."""
 
-    def __init__(self, student: TurboVAED, distill: DistillationLoss | None):
+    def __init__(self, student: StudentDecoder, distill: DistillationLoss | None):
         super().__init__()
         self.student = student
         self.distill = distill
@@ -136,19 +149,36 @@ def parse_args(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="taef2", help="config name (configs/NAME.yaml) or path")
     for key, default in DEFAULTS.items():
-        if key == "adam_betas":
+        if key in ("adam_betas", "phases"):  # lists: the config's train: section only
             continue
         if key == "cache_latents":
             ap.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
                             help="encode the training clips once into OUTPUT_DIR/latents (default: the config's)")
             continue
         kind = type(default) if default is not None else str
-        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr", "train_crop", "train_frames"):
+        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr", "train_crop", "train_frames",
+                   "calibration_frames"):
             kind = float if key == "disc_lr" else int
         ap.add_argument(f"--{key}", type=kind, default=None, help=f"default: {default} (or the config's train: value)")
     args = vars(ap.parse_args(argv))
     cfg = load_config(args.pop("config"))
-    settings = {**DEFAULTS, **cfg.get("train", {}), **{k: v for k, v in args.items() if v is not None}}
+    given = {k: v for k, v in args.items() if v is not None}
+    settings = {**DEFAULTS, **cfg.get("train", {}), **given}
+    if settings["phases"]:
+        clash = [k for k in FIXED_WEIGHT_SETTINGS if k in given or k in cfg.get("train", {})]
+        if clash:
+            raise ValueError(f"config {cfg['name']} sets its loss weights per phase (train.phases); "
+                             f"{', '.join('--' + k for k in clash)} do nothing there: edit the phases instead")
+    if is_derived(cfg):  # a bad layout or derivation setting fails here, before any data or teacher work
+        from models.config import default_teacher_config
+        from models.derived.pruning import check_derivation_settings, student_kwargs
+        student_kwargs(cfg, default_teacher_config(cfg))
+        check_derivation_settings(settings["selection"], settings["compensation"])
+    else:
+        clash = [k for k in DERIVATION_SETTINGS if k in given or k in cfg.get("train", {})]
+        if clash:
+            raise ValueError(f"{', '.join('--' + k for k in clash)} set how a teacher-derived student is initialised; "
+                             f"config {cfg['name']} has a Turbo-VAED student (use a flash_* config)")
     settings["adam_betas"] = tuple(settings["adam_betas"])
     settings["num_frames"] = settings["num_frames"] or cfg["num_frames"]
     settings["output_dir"] = settings["output_dir"] or f"outputs/{cfg['name']}"
@@ -159,6 +189,40 @@ def parse_args(argv=None) -> dict:
     if settings["report_to"] not in ("wandb", "none"):
         raise ValueError(f"--report_to must be 'wandb' or 'none', got {settings['report_to']!r}")
     return {"cfg": cfg, **settings}
+
+
+# ---- data for validation and derivation ----------------------------------------------------------
+def holdout_windows(index: VideoIndex, files: list[str], teacher, num_frames: int, resolution: int,
+                    frame_stride: int = 1, device: torch.device | str = "cpu"):
+    """(clip paths, videos (N, 3, T, H, W) in [-1, 1], their teacher latents): the centred window of every held-out
+    file (centre crop, no flip), as validation and final metrics see them."""
+    held = VideoDataset(index.data_dir, num_frames=num_frames, resolution=resolution, frame_stride=frame_stride,
+                        train=False, files=files, index=index)
+    items = [held[i] for i in range(len(held))]
+    videos = torch.stack([item["video"] for item in items]).to(device)
+    latents = torch.cat([teacher.encode(v[None]) for v in videos])
+    return [item["path"] for item in items], videos, latents
+
+
+def calibration_latents(dataset, teacher, samples: int, frames: int | None, seed: int) -> torch.Tensor:
+    """``samples`` latent clips spread evenly over a training set (cached latents, or encoded now), each cut to
+    ``frames`` latent frames (a seeded random run; the leading frames for causal teachers, whose first latent
+    frame is special; all frames if None), for deriving a student. Deterministic; the global RNG is untouched."""
+    n = min(samples, len(dataset))
+    if n < 1:
+        raise ValueError(f"--calibration_samples must be >= 1, got {samples}")
+    gen = torch.Generator().manual_seed(seed)
+    device = next(teacher.parameters()).device
+    clips = []
+    for i in torch.linspace(0, len(dataset) - 1, n).round().long().tolist():
+        item = dataset[i]
+        z = item["latents"] if "latents" in item else teacher.encode(item["video"][None].to(device))[0]
+        k = frames or z.shape[1]
+        if k > z.shape[1]:
+            raise ValueError(f"--calibration_frames {k} exceeds the {z.shape[1]} latent frames of a clip")
+        start = 0 if teacher.causal else int(torch.randint(z.shape[1] - k + 1, (), generator=gen))
+        clips.append(z[:, start:start + k].float().cpu())
+    return torch.stack(clips)
 
 
 # ---- the trainer ---------------------------------------------------------------------------------
@@ -177,21 +241,25 @@ class Trainer:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         set_seed(s["seed"])
         self.device = self.acc.device
+        self.t_start = time.time()
+        self.weights = (LossSchedule(s["phases"], s["max_steps"], s["phase_ramp"]) if s["phases"] else
+                        LossSchedule.fixed(s["max_steps"], s["lpips_weight"], s["distill_weight"], s["disc_weight"],
+                                           s["disc_start"]))
         self.teacher = load_teacher(self.cfg).to(self.device)
         self._setup_data()
-        student = build_student(self.cfg).to(self.device)  # picks its fast CPU memory layout itself
-        distill = self._build_distillation(student) if s["distill_weight"] > 0 else None
+        student = self._make_student().to(self.device)  # a Turbo-VAED student picks its fast CPU layout itself
+        distill = self._build_distillation(student) if self.weights.uses("distill") else None
         self.model = Generator(student, distill).to(self.device)
-        self.recon = ReconstructionLoss(s["lpips_weight"], s["lpips_frames"]).to(self.device)
+        self.recon = ReconstructionLoss(self.weights.uses("lpips"), s["lpips_frames"]).to(self.device)
         self.ema = EMA(student, s["ema_decay"])
-        # built once: a fresh model's random init would draw from the global RNG at every validation and
+        # copied once: a fresh model's random init would draw from the global RNG at every validation and
         # checkpoint, and a resumed run would then see different random numbers than an uninterrupted one
-        self._ema_model = build_student(self.cfg).to(self.device).eval().requires_grad_(False)
+        self._ema_model = copy.deepcopy(student).eval().requires_grad_(False)
         self.progress = Progress()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=s["lr"], betas=s["adam_betas"], weight_decay=s["weight_decay"])
         self.sched = self._schedule(self.opt)
-        self.use_gan = s["disc_weight"] > 0 and s["disc_start"] < s["max_steps"]
+        self.use_gan = self.weights.uses("adv")
         prepared = [self.model, self.opt, self.sched]
         if self.use_gan:
             self.disc = PatchDiscriminator3d(s["disc_channels"]).to(self.device)
@@ -233,11 +301,9 @@ class Trainer:
                                           frame_stride=s["frame_stride"], train=True, files=self.train_files,
                                           seed=s["seed"], clips_per_video=s["clips_per_video"], index=index)
             self.collate = collate_videos
-        held = VideoDataset(data_dir, num_frames=s["num_frames"], resolution=s["resolution"],
-                            frame_stride=s["frame_stride"], train=False, files=self.holdout_files, index=index)
-        videos = torch.stack([held[i]["video"] for i in range(len(held))]).to(self.device)
-        self.val_video = videos
-        self.val_latents = torch.cat([self.teacher.encode(v[None]) for v in videos])
+        self.val_clips, self.val_video, self.val_latents = holdout_windows(
+            index, self.holdout_files, self.teacher, s["num_frames"], s["resolution"], s["frame_stride"], self.device)
+        videos = self.val_video
         teacher_rec = torch.cat([self.teacher.decode(z[None]).clamp(-1, 1) for z in self.val_latents])
         self.teacher_val_psnr = psnr(to_unit(teacher_rec), to_unit(videos)).mean().item()
 
@@ -273,7 +339,31 @@ class Trainer:
         return latents, video
 
     # -- model pieces
-    def _build_distillation(self, student: TurboVAED) -> DistillationLoss:
+    def _make_student(self) -> StudentDecoder:
+        """A Turbo-VAED student (random init), or a teacher-derived one: derived from the teacher on calibration
+        latents of the training set (saved to OUTPUT_DIR/derived), or, when resuming, rebuilt from the
+        checkpoint's config (its weights come with the checkpoint)."""
+        if not is_derived(self.cfg):
+            return build_student(self.cfg)
+        from models.derived import DerivedStudent, derive, student_kwargs
+        if self.s["resume"]:
+            folder = self.checkpoint_to_resume() / "student"
+            return DerivedStudent.from_config(DerivedStudent.load_config(str(folder)))
+        s = self.s
+        latents = calibration_latents(self.train_set, self.teacher, s["calibration_samples"], s["calibration_frames"],
+                                      s["seed"]).to(self.device)
+        kwargs = student_kwargs(self.cfg, teacher_config_of(self.teacher))
+        t0 = time.time()
+        student, report = derive(self.teacher, kwargs, latents, s["selection"], s["compensation"], seed=s["seed"],
+                                 log=lambda m: tqdm.write(f"derive: {m}"))
+        self.derivation = {**report.summary(), "calibration_latents": list(latents.shape),
+                           "seconds": round(time.time() - t0, 1)}
+        if self.acc.is_main_process:
+            student.save_pretrained(self.out / "derived")
+            _atomic_write(self.out / "derived" / "derivation.json", json.dumps(self.derivation, indent=1))
+        return student
+
+    def _build_distillation(self, student: StudentDecoder) -> DistillationLoss:
         pairs = [(a["student"], a["teacher"]) for a in self.cfg["align"]]
         if not pairs:
             raise ValueError(f"config {self.cfg['name']} aligns no blocks: use --distill_weight 0")
@@ -282,7 +372,7 @@ class Trainer:
             _, sf = student(z, return_features=tuple({s for s, _ in pairs}))
             tf = self.teacher.features(z, sorted({t for _, t in pairs}))
         return DistillationLoss(pairs, {k: v.shape for k, v in sf.items()}, {k: v.shape for k, v in tf.items()},
-                                self.s["distill_loss"])
+                                self.s["distill_loss"], getattr(student.config, "teacher_channels", None))
 
     def _schedule(self, opt):
         s = self.s
@@ -299,40 +389,45 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     def teacher_features(self, latents: torch.Tensor, blocks: list[str]) -> dict[str, torch.Tensor]:
-        """Distillation targets: the teacher decoder runs only up to the deepest of ``blocks``."""
+        """Distillation targets: the teacher decoder runs only up to the deepest of ``blocks`` ("video": all)."""
         return self.teacher.features(latents, blocks)
 
     @property
-    def student(self) -> TurboVAED:
+    def student(self) -> StudentDecoder:
         return self.acc.unwrap_model(self.model).student
 
     # -- one optimisation step
     def train_step(self, micro_batches_iter) -> dict[str, float]:
         s, acc = self.s, self.acc
-        gan_on = self.use_gan and self.progress.step >= s["disc_start"]
+        w = self.weights(self.progress.step)
+        gan_on = self.use_gan and w["adv"] > 0
         totals: dict[str, float] = {}
         n = s["grad_accum"]
+        unwrapped = acc.unwrap_model(self.model)
+        teacher_blocks = list(unwrapped.distill.teacher_blocks) if unwrapped.distill is not None and w["distill"] else []
+        teacher_blocks += ["video"] if w["teacher_l1"] else []
         for i in range(n):
             latents, video = self.latents_and_video(next(micro_batches_iter))
             sync = acc.no_sync(self.model) if i < n - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
                 rec, sfeats = self.model(latents)
-                losses = self.recon(rec, video)
-                nll = losses["l1"] + s["lpips_weight"] * losses.get("lpips", 0.0)
+                losses = self.recon(rec, video, with_lpips=w["lpips"] > 0)
+                tfeats = self.teacher_features(latents, teacher_blocks) if teacher_blocks else {}
+                if "video" in tfeats:
+                    losses["teacher_l1"] = (rec - tfeats.pop("video")).abs().mean()
+                nll = sum(w[k] * losses[k] for k in ("l1", "lpips", "teacher_l1") if w[k] and k in losses)
                 loss = nll
-                if s["distill_weight"] > 0:
-                    unwrapped = acc.unwrap_model(self.model)
-                    tfeats = self.teacher_features(latents, unwrapped.distill.teacher_blocks)
+                if tfeats:
                     d = unwrapped.distill(sfeats, tfeats)
                     losses.update(d)
-                    loss = loss + s["distill_weight"] * sum(d.values())
+                    loss = loss + w["distill"] * sum(d.values())
                 if gan_on:
                     self.disc.requires_grad_(False)  # the generator's loss must not reach the discriminator
                     g_adv = generator_adv_loss(self.disc(rec))
                     self.disc.requires_grad_(True)
-                    lam = adaptive_weight(nll, g_adv, self.student.conv_out.conv.weight)
+                    lam = adaptive_weight(nll, g_adv, self.student.last_layer_weight)
                     losses["g_adv"], losses["adaptive_weight"] = g_adv, lam
-                    loss = loss + s["disc_weight"] * lam * g_adv
+                    loss = loss + w["adv"] * lam * g_adv
             losses["loss"] = loss
             self._check_finite(losses)
             acc.backward(loss / n)
@@ -368,12 +463,12 @@ class Trainer:
                 f"update; the newest checkpoint in {self.ckpt_dir} is from before it. Lower --lr or check the data.")
 
     # -- validation, checkpoints, logging
-    def ema_student(self) -> TurboVAED:
+    def ema_student(self) -> StudentDecoder:
         self.ema.copy_to(self._ema_model)
         return self._ema_model
 
     @torch.no_grad()
-    def validate(self, model: TurboVAED | None = None) -> float:
+    def validate(self, model: StudentDecoder | None = None) -> float:
         model = model or self.ema_student()
         rec = torch.cat([model(z[None]).clamp(-1, 1) for z in self.val_latents])
         return psnr(to_unit(rec), to_unit(self.val_video)).mean().item()
@@ -400,7 +495,9 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def resume(self, which: str) -> None:
+    def checkpoint_to_resume(self) -> Path:
+        """The checkpoint folder ``--resume`` names ("latest": the one ``checkpoints/latest`` points at)."""
+        which = self.s["resume"]
         if which == "latest":
             pointer = self.ckpt_dir / "latest"
             if not pointer.is_file():
@@ -410,14 +507,20 @@ class Trainer:
             path = Path(which)
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
-        self.acc.load_state(str(path))
+        return path
+
+    def resume(self) -> None:
+        self.acc.load_state(str(self.checkpoint_to_resume()))
         if self.log_path.is_file():  # keep the log consistent with the restored step
             rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r["step"] <= self.progress.step]
             if self.acc.is_main_process:
                 _atomic_write(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
+            if self.history:  # wall time goes on from where the interrupted run stopped
+                self.t_start = time.time() - self.history[-1].get("elapsed_s", 0.0)
 
     def log(self, row: dict) -> None:
+        row["elapsed_s"] = round(time.time() - self.t_start, 1)  # wall time since the run began (setup included)
         self.history.append(row)
         if self.acc.is_main_process:
             with open(self.log_path, "a") as f:
@@ -436,7 +539,7 @@ class Trainer:
         s, acc = self.s, self.acc
         self.wandb = _init_wandb(s, self.out) if acc.is_main_process and s["report_to"] == "wandb" else None
         if s["resume"]:
-            self.resume(s["resume"])
+            self.resume()
         elif acc.is_main_process and self.log_path.exists():
             self.log_path.unlink()  # a fresh run starts a fresh log
         start = self.progress.step
@@ -449,11 +552,14 @@ class Trainer:
             losses = self.train_step(stream)
             step, steps_since = self.progress.step, steps_since + 1
             bar.update(1)
-            if step % s["log_every"] == 0 or step == s["max_steps"]:
+            last = step == s["max_steps"]
+            validate = step % s["val_every"] == 0 or last
+            if step % s["log_every"] == 0 or validate:
                 sec = (time.perf_counter() - t0) / steps_since
                 row = {"step": step, **{k: round(v, 6) for k, v in losses.items()},
-                       "lr": self.sched.get_last_lr()[0], "sec_per_step": round(sec, 4)}
-                if step % s["val_every"] == 0 or step == s["max_steps"]:
+                       "lr": self.sched.get_last_lr()[0], "sec_per_step": round(sec, 4),
+                       "phase": self.weights.names[self.weights.phase(step - 1)]}
+                if validate:
                     row["val_psnr"] = self.validate()
                     row["teacher_val_psnr"] = self.teacher_val_psnr
                 self.log(row)
@@ -467,21 +573,31 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict:
-        """Save the EMA student and compare it with the teacher on the held-out clips (PSNR, LPIPS-alex)."""
+        """Save the EMA student and compare it with the teacher on the held-out clips (PSNR, LPIPS-alex), in all
+        and clip by clip."""
         from train_vae.lpips import LPIPS
         model = self.ema_student()
         result = {"step": self.progress.step, "num_processes": self.acc.num_processes,
                   "samples_per_step": self.s["batch_size"] * self.s["grad_accum"] * self.acc.num_processes,
                   "n_holdout_clips": len(self.holdout_files), "holdout_files": self.holdout_files}
+        if getattr(self, "derivation", None):
+            result["derivation"] = self.derivation
         if self.acc.is_main_process:
             model.save_pretrained(self.out / "student")
             lpips = LPIPS("alex").to(self.device)
+            per_clip = {}
             with torch.no_grad():
                 for who, decode in (("teacher", self.teacher.decode), ("student", model)):
                     rec = torch.cat([decode(z[None]).clamp(-1, 1) for z in self.val_latents])
-                    result[f"{who}_psnr"] = psnr(to_unit(rec), to_unit(self.val_video)).mean().item()
+                    per_clip[who] = psnr(to_unit(rec), to_unit(self.val_video))
+                    result[f"{who}_psnr"] = per_clip[who].mean().item()
                     result[f"{who}_lpips"] = lpips(rec, self.val_video).mean().item()
             result["psnr_retention"] = result["student_psnr"] / result["teacher_psnr"]
+            result["per_clip"] = [{"clip": f, "teacher_psnr": round(t, 3), "student_psnr": round(st, 3),
+                                   "retention": round(st / t, 4)}
+                                  for f, t, st in zip(self.val_clips, per_clip["teacher"].tolist(),
+                                                      per_clip["student"].tolist())]
+            result["wall_s"] = round(time.time() - self.t_start, 1)
             _atomic_write(self.out / "final_metrics.json", json.dumps(result, indent=1))
             if self.wandb is not None:
                 self.wandb.summary.update(result)

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Clip", "load_student", "resolve_student_dir", "list_clips", "window_starts", "load_clip",
+    "Clip", "load_student", "list_clips", "window_starts", "load_clip",
     "read_clip_frames", "resize_crop_video", "check_geometry", "latent_frames_for", "summarize",
     "markdown_table", "main",
 ]
@@ -68,37 +68,17 @@ I3D_MIN_FRAMES = 9
 # student resolution
 # ---------------------------------------------------------------------------------------------
 
-def resolve_student_dir(path: str | os.PathLike) -> Path:
-    """The ``save_pretrained`` folder a ``--student`` path points at: the folder itself when it holds
-    ``config.json``, else its ``student/`` subfolder when that holds one. Raises FileNotFoundError
-    naming what was looked for (and any checkpoints found under the folder) otherwise."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"student path {str(p)!r} does not exist (expected a save_pretrained folder, "
-                                f"a folder with a student/ subfolder, or the word 'teacher')")
-    if p.is_dir() and (p / "config.json").is_file():
-        return p
-    if p.is_dir() and (p / "student" / "config.json").is_file():
-        return p / "student"
-    hint = ""
-    ckpts = sorted(p.glob("checkpoints/*/student/config.json")) if p.is_dir() else []
-    if ckpts:
-        hint = (f"; it has {len(ckpts)} checkpoint(s), e.g. pass {str(ckpts[-1].parent.parent)!r} "
-                f"(the latest) to evaluate its EMA weights")
-    raise FileNotFoundError(
-        f"student path {str(p)!r} is neither a save_pretrained folder (config.json + "
-        f"diffusion_pytorch_model.safetensors) nor a folder with a student/ subfolder holding one "
-        f"(training output or checkpoint folder){hint}")
+def _student_dir(path: str | os.PathLike) -> Path:
+    from models.config import resolve_student_dir
+    return resolve_student_dir(path).resolve()
 
 
 def load_student(path_or_teacher: str | os.PathLike, cfg: dict, teacher: torch.nn.Module | None = None,
                  device: torch.device | str = "cpu") -> torch.nn.Module:
     """The decoder to evaluate as "student": ``"teacher"`` gives the teacher itself (``teacher`` if
-    given, else ``load_teacher(cfg)``); otherwise ``TurboVAED.from_pretrained`` (strict) of the folder
-    ``resolve_student_dir`` finds. The student must read the config's latent space (channels and
-    compression), else ValueError. Returned in eval mode on ``device``."""
-    from models.config import has_teacher, load_teacher
-    from models.student import TurboVAED
+    given, else ``load_teacher(cfg)``); otherwise ``models.config.load_student`` (strict, checked against
+    the config's latent space). Returned in eval mode on ``device``."""
+    from models.config import has_teacher, load_student as load_trained, load_teacher
 
     if str(path_or_teacher).strip().lower() == "teacher":
         if teacher is None:
@@ -106,17 +86,7 @@ def load_student(path_or_teacher: str | os.PathLike, cfg: dict, teacher: torch.n
                 raise ValueError(f"config {cfg.get('name')!r} has no teacher, so --student teacher is impossible")
             teacher = load_teacher(cfg)
         return teacher.to(device).eval()
-    folder = resolve_student_dir(path_or_teacher)
-    student = TurboVAED.from_pretrained(str(folder))
-    c = student.config
-    want_ch = int(cfg["latent_channels"])
-    want_comp = tuple(int(v) for v in cfg["compression"])
-    if c.latent_channels != want_ch or tuple(student.compression) != want_comp:
-        raise ValueError(
-            f"student at {str(folder)!r} decodes {c.latent_channels}-channel latents with compression "
-            f"{tuple(student.compression)}, but config {cfg.get('name')!r} has {want_ch} channels and compression "
-            f"{want_comp}: wrong --config for this student?")
-    return student.to(device).eval()
+    return load_trained(cfg, path_or_teacher).to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +475,7 @@ def _run(args: argparse.Namespace) -> dict | None:
             "n_clips": summary["n_clips"],
             "settings": {
                 "config": cfg["name"], "student": str(args.student),
-                "student_dir": None if same else str(resolve_student_dir(args.student).resolve()),
+                "student_dir": None if same else str(_student_dir(args.student)),
                 "data_dir": str(args.data_dir), "num_frames": args.num_frames, "resolution": args.resolution,
                 "clips_per_video": args.clips_per_video, "max_clips": args.max_clips,
                 "fvd_weights": args.fvd_weights, "lpips_net": "alex", "i3d_input": 224,
