@@ -356,9 +356,14 @@ def test_mirror_url_layout(tmp_path):
     assert source_url(url, tmp_path) == (tmp_path / "download.pytorch.org/models/vgg16-397923af.pth").as_uri()
 
 
-def test_missing_asset_message_names_file_and_command(tmp_path):
-    msg = registry.missing_message("clips/unstated_imageio_cockatoo.mp4", tmp_path)
-    assert "clips/unstated_imageio_cockatoo.mp4" in msg and f"python scripts/fetch_assets.py {tmp_path}" in msg
+def test_missing_asset_fails_the_test_naming_file_and_command(asset, assets_dir, tmp_path, monkeypatch):
+    fake = registry.Asset("clips/not_here.mp4", "0" * 64, "MIT", registry.Source("https://example.org/x.mp4", "test"))
+    monkeypatch.setitem(registry.BY_PATH, fake.relpath, fake)
+    with pytest.raises(pytest.fail.Exception) as e:
+        asset("clips/not_here.mp4")
+    assert str(e.value) == (f"asset clips/not_here.mp4 is missing from {assets_dir}; fetch it with: "
+                            f"{registry.fetch_command(assets_dir)}")
+    assert registry.fetch_command(tmp_path) == f"python scripts/fetch_assets.py {tmp_path}"
     assert "no public source" in registry.missing_message("clips/pexels_squirrel.mp4", tmp_path)
 
 
