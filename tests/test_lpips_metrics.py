@@ -30,9 +30,8 @@ def _sk(a_hwc: np.ndarray, b_hwc: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def refimgs(assets_dir: Path) -> dict[str, np.ndarray]:
-    d = assets_dir / "refimgs"
-    return {n: _png_unit(d / f"ex_{n}.png") for n in ("ref", "p0", "p1")}
+def refimgs(asset) -> dict[str, np.ndarray]:
+    return {n: _png_unit(asset(f"refimgs/ex_{n}.png")) for n in ("ref", "p0", "p1")}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +40,8 @@ def lpips_alex(assets_dir: Path) -> LPIPS:
 
 
 @pytest.fixture(scope="module")
-def alex_features_sd(assets_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(assets_dir / "weights/lpips/alexnet_features_imagenet.pth", map_location="cpu")
+def alex_features_sd(asset) -> dict[str, torch.Tensor]:
+    return torch.load(asset("weights/lpips/alexnet_features_imagenet.pth"), map_location="cpu")
 
 
 # ---------------------------------------------------------------- LPIPS
@@ -125,8 +124,8 @@ def test_checkpoint_missing_or_unexpected_key_raises(tmp_path, alex_features_sd)
         LPIPS("alex", backbone_path=path)
 
 
-def test_linear_heads_missing_key_raises(tmp_path, assets_dir):
-    sd = torch.load(assets_dir / "weights/lpips/lpips_v0.1_alex_linear.pth", map_location="cpu")
+def test_linear_heads_missing_key_raises(tmp_path, asset):
+    sd = torch.load(asset("weights/lpips/lpips_v0.1_alex_linear.pth"), map_location="cpu")
     del sd["lin4.model.1.weight"]
     path = tmp_path / "lin.pth"
     torch.save(sd, path)
@@ -146,12 +145,12 @@ def test_ssim_matches_skimage_random():
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-4, rtol=0)
 
 
-def test_ssim_matches_skimage_real_frames(refimgs, assets_dir):
+def test_ssim_matches_skimage_real_frames(refimgs, asset):
     rng = np.random.default_rng(1)
     ref = refimgs["ref"]
     blurred = np.stack([gaussian_filter(ref[..., c], 1.2) for c in range(3)], axis=-1)
     noised = np.clip(ref + 0.05 * rng.standard_normal(ref.shape), 0, 1)
-    gif = Image.open(assets_dir / "refimgs/v_CricketShot_g04_c01_rgb.gif")
+    gif = Image.open(asset("refimgs/v_CricketShot_g04_c01_rgb.gif"))
     frames = []
     for k in (0, 10):
         gif.seek(k)
