@@ -124,7 +124,8 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     written."""
     p = Path(path).expanduser().resolve()
     if p.is_dir():
-        raise UserError(f"{flag} {path}: is a folder, expected a file name (e.g. {Path(path) / 'metrics.json'})")
+        raise UserError(f"{flag} {path}: is a folder, expected a file name (e.g. {Path(path) / ('out' + p.suffix)} "
+                        f"or another name)")
     problem = _write_problem(p.parent)
     if problem:
         raise UserError(f"{flag} {path}: cannot write in {p.parent} ({problem}); pass a path you can write to")
