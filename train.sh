@@ -7,8 +7,9 @@
 # --seed, --resume latest, --distill_weight, --disc_start, --latents_dir, ...).
 # NUM_PROCESSES > 1 without a GPU starts that many CPU processes (gloo; OMP_NUM_THREADS = cores / processes
 # each unless set): `accelerate launch --cpu` alone would start just one.
+# Paths on the command line (--data_dir, --output_dir, ...) start from the folder the command is given in.
 set -euo pipefail
-cd "$(dirname "$0")"
+repo="$(cd "$(dirname "$0")" && pwd)"
 export WANDB_MODE="${WANDB_MODE:-offline}"
 config=taef2
 if [[ $# -gt 0 && $1 != --* ]]; then config=$1; shift; fi
@@ -19,6 +20,6 @@ if [[ "$procs" -gt 1 ]]; then
     export ACCELERATE_USE_CPU=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
   fi
   exec accelerate launch --multi_gpu --num_processes "$procs" --num_machines 1 --dynamo_backend no \
-    train_vae/train.py --config "$config" "$@"
+    "$repo/train_vae/train.py" --config "$config" "$@"
 fi
-exec python train_vae/train.py --config "$config" "$@"
+exec python "$repo/train_vae/train.py" --config "$config" "$@"

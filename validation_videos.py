@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from models.tiling import default_tiles, tiled_decode
-from train_vae.validation_metrics import (check_geometry, latent_frames_for, list_clips, load_student,
-                                          read_clip_frames, resize_crop_video)
+from models.cli import ArgumentParser, UserError, check_writable_dir, run, user_errors
+from train_vae.validation_metrics import (check_geometry, check_request, list_clips, read_clip_frames,
+                                          resize_crop_video)
 
 __all__ = ["clip_names", "output_size", "encode_bounded", "decode_teacher", "decode_student", "write_video",
            "contact_sheet", "main"]
@@ -261,7 +262,7 @@ def summary_markdown(rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Ground truth | teacher | student videos, contact sheets and per-clip PSNR")
+    p = ArgumentParser(description="Ground truth | teacher | student videos, contact sheets and per-clip PSNR")
     p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
     p.add_argument("--student", required=True,
                    help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
@@ -286,28 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Write the videos, sheets and summaries. A bad request (config, student of another config, data path,
+    sizes, output folder) raises UserError before the teacher is loaded (``run(main)``: exit code 2)."""
     args = build_parser().parse_args(argv)
     from tqdm.auto import tqdm
 
-    from models.config import load_config, load_teacher
+    from models.config import load_teacher
     from train_vae.metrics import psnr, ssim, to_unit
 
+    for flag in ("resolution", "max_clips", "sheet_frames"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    resolution = None if args.keep_size else (args.resolution or 256)
+    cfg, trained, num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames, resolution)
+    out_dir = check_writable_dir(args.output_dir, "--output_dir")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    resolution = None if args.keep_size else (args.resolution or 256)
-    cfg = load_config(args.config)
+    with user_errors():  # indexing the videos is cheaper than loading a large teacher: first
+        clips = list_clips(args.data_dir, num_frames, 1, args.max_clips)
     teacher = load_teacher(cfg).to(device).eval()
-    student = load_student(args.student, cfg, teacher=teacher, device=device)
+    student = teacher if trained is None else trained.to(device)
     same = student is teacher
-    num_frames = args.num_frames or int(cfg["num_frames"])
-    if latent_frames_for(num_frames, teacher.compression, teacher.causal) is None:
-        check_geometry(teacher, student, num_frames, teacher.compression[1], teacher.compression[2])  # raises
-    clips = list_clips(args.data_dir, num_frames, 1, args.max_clips)
     names = clip_names([c.path for c in clips])
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _, mh, mw = teacher.compression
 
     rows: list[dict] = []
@@ -367,4 +370,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from .files import folder_problem
 from .student import StudentDecoder, TurboVAED
-from .teachers import Teacher, build_teacher, diffusers_class
+from .teachers import DIFFUSERS_CLASSES, Teacher, build_teacher, diffusers_class
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+STUDENT_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes next to config.json
 REQUIRED = ("name", "teacher", "latent_channels", "compression", "num_frames", "student", "align")
 
 
@@ -112,6 +114,10 @@ def load_student(cfg: dict, path: str | os.PathLike | None = None) -> StudentDec
     if path is None:
         return build_student(cfg).eval()
     folder = resolve_student_dir(path)
+    problem = folder_problem(folder, required=("config.json", STUDENT_WEIGHTS))
+    if problem:  # diffusers would bury this under a long chained traceback that never names the file
+        raise ValueError(f"student at {str(folder)!r} is damaged: {problem}; copy it again or take another "
+                         f"checkpoint's student/")
     student = student_class(folder).from_pretrained(str(folder))
     want_ch, want_comp = int(cfg["latent_channels"]), tuple(int(v) for v in cfg["compression"])
     if student.config.latent_channels != want_ch or tuple(student.compression) != want_comp:
@@ -128,6 +134,31 @@ def load_teacher(cfg: dict, random_init: bool = False, init_config: dict | None 
 
 def has_teacher(cfg: dict) -> bool:
     return cfg["teacher"]["class"] != "none"
+
+
+def teacher_is_causal(cfg: dict) -> bool:
+    """From the config alone: the diffusers video VAEs take 1 + t*k frames (causal); TAEF2 works frame by frame."""
+    return cfg["teacher"]["class"] in DIFFUSERS_CLASSES
+
+
+def check_clip_fits(cfg: dict, num_frames: int, height: int, width: int) -> None:
+    """ValueError naming the nearest valid values unless the config's teacher can encode clips of ``num_frames``
+    frames at ``height`` x ``width``, decided from the config alone (before any weights are loaded): sizes must
+    be multiples of the spatial compression; the diffusers video VAEs (causal) take 1 + t*k frames, TAEF2 (per
+    frame) any count."""
+    ct, ch, cw = (int(v) for v in cfg["compression"])
+    causal = teacher_is_causal(cfg)
+    teacher = f"the {cfg['name']} teacher (compression {ct}x{ch}x{cw})"
+    ok = (num_frames - 1) % ct == 0 if causal else num_frames % ct == 0
+    if num_frames < 1 or not ok:
+        lo = max(1 + ct, (num_frames - 1) // ct * ct + 1) if causal else max(ct, num_frames // ct * ct)
+        raise ValueError(f"--num_frames {num_frames}: {teacher} takes {'1 + ' if causal else ''}{ct}k frames; "
+                         f"use e.g. {lo} or {lo + ct}")
+    for flag, size, m in (("height", height, ch), ("width", width, cw)):
+        if size < m or size % m:
+            lo = max(m, size // m * m)
+            raise ValueError(f"--resolution: {flag} {size} is not a multiple of {m}, the spatial compression of "
+                             f"{teacher}; use e.g. {lo} or {lo + m}")
 
 
 def teacher_decoder_params(cfg: dict) -> int:

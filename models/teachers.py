@@ -18,6 +18,7 @@ are taken, so hooks see one pass.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from typing import Sequence
 
@@ -275,3 +276,14 @@ def build_teacher(teacher_cfg: dict, init_config: dict | None = None, random_ini
     vae = load_diffusers_vae(kind, None if random_init else teacher_cfg["source"], teacher_cfg.get("subfolder"),
                              init_config)
     return DiffusersTeacher(vae, teacher_cfg["normalization"], teacher_cfg.get("decode_timestep"))
+
+
+def weights_sha256(teacher: nn.Module) -> str:
+    """sha256 of a teacher's weights (every state-dict entry's name, dtype, shape and bytes, in name order): what
+    a latent cache records of the teacher that made it, whatever file or hub revision the weights came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(teacher.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -6,7 +6,6 @@ twin of a student, ONNX export and ONNX Runtime sessions.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -19,12 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/x.py` from anywhere
 
 from models.blocks import classic_to_decoupled_permutation  # noqa: E402
+from models.cli import ArgumentParser, UserError  # noqa: E402
 from models.config import load_student as load_config_student  # noqa: E402
 from models.student import StudentDecoder, TurboVAED  # noqa: E402
-
-
-class RequestError(ValueError):
-    """A request the scripts cannot serve (shape, config, file); the message says what to do."""
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -33,18 +29,18 @@ def parse_resolution(text: str) -> tuple[int, int]:
     try:
         h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
     except (ValueError, IndexError):
-        raise RequestError(f"resolution must be H or HxW (e.g. 256 or 720x1280), got '{text}'") from None
+        raise UserError(f"resolution must be H or HxW (e.g. 256 or 720x1280), got '{text}'") from None
     if len(parts) > 2 or h <= 0 or w <= 0:
-        raise RequestError(f"resolution must be H or HxW with positive sizes, got '{text}'")
+        raise UserError(f"resolution must be H or HxW with positive sizes, got '{text}'")
     return h, w
 
 
 def load_student(cfg: dict, student_dir: str | None = None) -> StudentDecoder:
-    """``models.config.load_student`` with its errors as RequestError (one line for the user)."""
+    """``models.config.load_student`` with its errors as UserError (one line for the user)."""
     try:
         return load_config_student(cfg, student_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise RequestError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 def valid_sizes(student: TurboVAED, frames: int, height: int, width: int) -> str:
@@ -59,11 +55,11 @@ def valid_sizes(student: TurboVAED, frames: int, height: int, width: int) -> str
 
 
 def latent_shape(student: TurboVAED, frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
-    """``student.latent_shape_for`` with a RequestError that also names the nearest valid request."""
+    """``student.latent_shape_for`` with a UserError that also names the nearest valid request."""
     try:
         return student.latent_shape_for(frames, height, width, batch)
     except ValueError as e:
-        raise RequestError(f"cannot decode {frames} frames at {height}x{width}: {e}; "
+        raise UserError(f"cannot decode {frames} frames at {height}x{width}: {e}; "
                            f"{valid_sizes(student, frames, height, width)}") from None
 
 
@@ -87,7 +83,7 @@ def classic_twin(student: TurboVAED) -> TurboVAED:
     """The same student with the classic (rank-8) 3D pixel shuffle, computing the same function: each
     upsampler's expansion conv gets its output channels permuted (``classic_to_decoupled_permutation``)."""
     if not isinstance(student, TurboVAED):
-        raise RequestError("the classic 3D pixel shuffle is a Turbo-VAED ablation; this student is "
+        raise UserError("the classic 3D pixel shuffle is a Turbo-VAED ablation; this student is "
                            f"a {type(student).__name__}")
     cfg = {k: v for k, v in student.config.items() if not k.startswith("_")}
     twin = TurboVAED(**{**cfg, "pixel_shuffle": "classic"}).to(next(student.parameters()).device).eval()
@@ -126,9 +122,9 @@ def export_model(student: TurboVAED, frames: int, height: int, width: int, crop:
     if not crop:
         try:
             return student, torch.randn(latent_shape(student, frames, height, width))
-        except RequestError as e:
+        except UserError as e:
             if height % ch or width % cw:
-                raise RequestError(f"{e}; or pass --crop to decode {-(-height // ch) * ch}x{-(-width // cw) * cw} "
+                raise UserError(f"{e}; or pass --crop to decode {-(-height // ch) * ch}x{-(-width // cw) * cw} "
                                    f"and centre-crop it to {height}x{width}") from None
             raise
     big_h, big_w = -(-height // ch) * ch, -(-width // cw) * cw
@@ -167,7 +163,7 @@ def ort_session(path: str | Path, threads: int | None = None):
 
 def export_arguments(description: str, output_help: str):
     """An argument parser with the options both export scripts take (config, student, size, output, crop)."""
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
     p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
     p.add_argument("--resolution", required=True, help="HxW (or H) of the decoded video")

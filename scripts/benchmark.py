@@ -13,12 +13,11 @@ eval, ``torch.inference_mode``; HunyuanVideo in its default framewise-tiled mode
 Student-only configs (dcae: no public teacher) report the student alone.
 
 Single-config runs also time the student's decoupled vs classic 3D pixel shuffle (same weights up to a
-channel permutation, same output) in PyTorch and in ONNX Runtime (``--skip-shuffle`` to leave out).
+channel permutation, same output) in PyTorch and in ONNX Runtime (``--skip_shuffle`` to leave out).
 ``--all`` runs every config and writes a markdown table (``--markdown``, default next to ``--json``).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import gc
@@ -31,11 +30,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RequestError, classic_twin, count_macs, export_onnx, latent_shape, load_student,  # noqa: E402
+from _common import (UserError, classic_twin, count_macs, export_onnx, latent_shape, load_student,  # noqa: E402
                      meta_copy, ort_session, parse_resolution, set_threads, temp_dir)
 
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
+from models.cli import ArgumentParser, run, user_errors  # noqa: E402
 from models.config import config_names, has_teacher, load_config, load_teacher  # noqa: E402
 from models.student import TurboVAED  # noqa: E402
 
@@ -155,7 +155,7 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     frames, note = args.frames or cfg["num_frames"], ""
     try:
         shape = latent_shape(student, frames, height, width)
-    except RequestError:
+    except UserError:
         if not args.all or args.frames is None:
             raise
         frames, note = cfg["num_frames"], f"{cfg['num_frames']} frames ({args.frames} not producible)"
@@ -169,7 +169,7 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
 
     teacher, modes = None, {}
     if args.student_only:
-        res["note"] = (note + "; " if note else "") + "student only (--student-only)"
+        res["note"] = (note + "; " if note else "") + "student only (--student_only)"
     elif has_teacher(cfg):
         try:
             tcfg = dict(cfg, teacher=dict(cfg["teacher"], source=args.teacher)) if args.teacher else cfg
@@ -304,7 +304,12 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
+    return run(_main, argv)
+
+
+def _main(argv=None) -> int:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--config", help="config name (configs/*.yaml) or path")
     which.add_argument("--all", action="store_true", help="every config, one markdown table")
@@ -317,11 +322,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, help="torch (and ONNX Runtime) CPU threads")
-    p.add_argument("--student-only", action="store_true", help="leave out the teacher")
-    p.add_argument("--teacher-mode", default="all", choices=["all", "default"],
+    p.add_argument("--student_only", action="store_true", help="leave out the teacher")
+    p.add_argument("--teacher_mode", default="all", choices=["all", "default"],
                    help="teacher decode modes to time: all (HunyuanVideo: framewise default and single pass) "
                         "or only diffusers' default")
-    p.add_argument("--skip-shuffle", action="store_true", help="leave out the decoupled vs classic shuffle timing")
+    p.add_argument("--skip_shuffle", action="store_true", help="leave out the decoupled vs classic shuffle timing")
     p.add_argument("--json", help="write results here")
     p.add_argument("--markdown", help="with --all: write the table here (default: next to --json)")
     args = p.parse_args(argv)
@@ -329,27 +334,26 @@ def main(argv=None) -> int:
     diffusers_logging.set_verbosity_error()
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
-    try:
-        height, width = parse_resolution(args.resolution)
-        if args.all:
-            results = []
-            for name in config_names():
-                try:
-                    results.append(bench_config(name, args, height, width, None))
-                except RequestError as e:
-                    print(f"[{name}] skipped: {e}", file=sys.stderr)
-            table = markdown_table(results)
-            print(table)
-            md = args.markdown or (str(Path(args.json).with_suffix(".md")) if args.json else None)
-            if md:
-                Path(md).write_text(table + "\n")
-            out = {"settings": vars(args), "results": results}
-        else:
-            out = bench_config(args.config, args, height, width, args.student)
-            print_single(out)
-    except RequestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    height, width = parse_resolution(args.resolution)
+    if args.config:
+        with user_errors():
+            load_config(args.config)  # an unknown config fails here, in one line
+    if args.all:
+        results = []
+        for name in config_names():
+            try:
+                results.append(bench_config(name, args, height, width, None))
+            except UserError as e:
+                print(f"[{name}] skipped: {e}", file=sys.stderr)
+        table = markdown_table(results)
+        print(table)
+        md = args.markdown or (str(Path(args.json).with_suffix(".md")) if args.json else None)
+        if md:
+            Path(md).write_text(table + "\n")
+        out = {"settings": vars(args), "results": results}
+    else:
+        out = bench_config(args.config, args, height, width, args.student)
+        print_single(out)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)

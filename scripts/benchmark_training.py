@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from models.cli import ArgumentParser, run
 from train_vae import train as train_mod
 
 
@@ -28,7 +29,7 @@ class FullDecodeTrainer(train_mod.Trainer):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="taef2")
     ap.add_argument("--data_dir", required=True)
     ap.add_argument("--resolution", type=int, default=128)
@@ -76,4 +77,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.cli import ArgumentParser, check_writable_dir, run, user_errors  # noqa: E402
 from models.config import is_derived, load_config, load_teacher, teacher_config_of  # noqa: E402
 from models.derived import COMPENSATIONS, SELECTIONS, derive, student_kwargs  # noqa: E402
 from train_vae.data import VideoDataset, VideoIndex, split_files  # noqa: E402
@@ -57,7 +58,12 @@ def table(rows: list[dict], clips: list[str], teacher: list[float]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
+    return run(_main, argv)
+
+
+def _main(argv=None) -> int:
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="a config with a teacher-derived student (flash_*)")
     ap.add_argument("--data_dir", required=True, help="video folder (the training run's)")
     ap.add_argument("--latents_dir", help="latent cache of a training run of this config (else encoded now)")
@@ -71,7 +77,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+    with user_errors():
         cfg = load_config(args.config)
         if not is_derived(cfg):
             raise ValueError(f"config {cfg['name']} has a Turbo-VAED student; use a flash_* config")
@@ -79,9 +85,8 @@ def main(argv=None) -> int:
         s["num_frames"] = s["num_frames"] or cfg["num_frames"]
         index = VideoIndex(args.data_dir, num_frames=s["num_frames"], frame_stride=s["frame_stride"])
         train_files, holdout_files = split_files(index, s["num_holdout"], s["seed"])
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if args.output:
+            check_writable_dir(args.output, "--output")
     teacher = load_teacher(cfg)
     clips, videos, latents = holdout_windows(index, holdout_files, teacher, s["num_frames"], s["resolution"],
                                              s["frame_stride"])

@@ -2,13 +2,13 @@
 
     python scripts/export_coreml.py --config ltx --resolution 256x256 --frames 17 --output ltx.mlpackage
     python scripts/export_coreml.py --config hunyuan --resolution 512x512 --frames 17 --output hy.mlpackage \\
-        --enumerated-shapes 512x512,720x1280
+        --enumerated_shapes 512x512,720x1280
 
 Input ``latents`` (1, C, T', H', W'), output ``video`` (1, 3, frames, H, W); fixed shapes per export, or
-``--enumerated-shapes`` (one model, several latent sizes; the first is the default). Precision fp16
-(default) or fp32, ``--deployment-target`` iOS17 by default. After conversion the package is reopened and
+``--enumerated_shapes`` (one model, several latent sizes; the first is the default). Precision fp16
+(default) or fp32, ``--deployment_target`` iOS17 by default. After conversion the package is reopened and
 its input/output shapes, op-type histogram and largest tensor rank are printed; the decoupled student
-must stay at rank <= 5 (Core ML rejects rank > 5 with dynamic shapes). ``--pixel-shuffle classic``
+must stay at rank <= 5 (Core ML rejects rank > 5 with dynamic shapes). ``--pixel_shuffle classic``
 exports the same student with the classic rank-8 shuffle for comparison. ``--benchmark`` times
 predictions (macOS only). ``--crop`` decodes the next producible size and centre-crops (fixed shapes).
 """
@@ -25,20 +25,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RequestError, classic_twin, export_arguments, export_model, latent_shape, load_student,  # noqa: E402
+from _common import (UserError, classic_twin, export_arguments, export_model, latent_shape, load_student,  # noqa: E402
                      parse_resolution)
 
+from models.cli import run, user_errors  # noqa: E402
 from models.config import load_config  # noqa: E402
 
 MAX_RANK = 5
 
 
 def import_coremltools():
-    """coremltools, or a RequestError saying how to get it."""
+    """coremltools, or a UserError saying how to get it."""
     try:
         import coremltools as ct
     except ImportError as e:
-        raise RequestError(f"Core ML export needs coremltools, which is not installed ({e}): "
+        raise UserError(f"Core ML export needs coremltools, which is not installed ({e}): "
                            f"pip install 'coremltools>=8' (conversion runs on Linux and macOS; "
                            f"prediction on macOS only)") from None
     return ct
@@ -49,7 +50,7 @@ def convert(model: torch.nn.Module, latents: torch.Tensor, precision: str = "fp1
     """Trace ``model`` on ``latents`` and convert it to an ML program (input ``latents``, output ``video``)."""
     ct = import_coremltools()
     if not hasattr(ct.target, target):
-        raise RequestError(f"unknown deployment target '{target}'; e.g. iOS16, iOS17, iOS18, macOS14")
+        raise UserError(f"unknown deployment target '{target}'; e.g. iOS16, iOS17, iOS18, macOS14")
     shape = ct.EnumeratedShapes(shapes=[list(s) for s in enumerated], default=list(enumerated[0])) if enumerated \
         else tuple(latents.shape)
     with torch.no_grad(), warnings.catch_warnings():
@@ -93,16 +94,21 @@ def describe(path: str | Path) -> dict:
 
 
 def main(argv=None) -> int:
+    """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
+    return run(_main, argv)
+
+
+def _main(argv=None) -> int:
     p = export_arguments(__doc__.split("\n")[0], "output .mlpackage")
     p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"])
-    p.add_argument("--deployment-target", default="iOS17")
-    p.add_argument("--enumerated-shapes", help="comma-separated HxW list, e.g. 512x512,720x1280 (one model)")
-    p.add_argument("--pixel-shuffle", default="decoupled", choices=["decoupled", "classic"],
+    p.add_argument("--deployment_target", default="iOS17")
+    p.add_argument("--enumerated_shapes", help="comma-separated HxW list, e.g. 512x512,720x1280 (one model)")
+    p.add_argument("--pixel_shuffle", default="decoupled", choices=["decoupled", "classic"],
                    help="classic: the same student with the rank-8 3D pixel shuffle (for comparison)")
     p.add_argument("--benchmark", action="store_true", help="time predictions (macOS only)")
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
-    try:
+    with user_errors():
         ct = import_coremltools()
         cfg = load_config(args.config)
         height, width = parse_resolution(args.resolution)
@@ -114,14 +120,11 @@ def main(argv=None) -> int:
         enumerated = None
         if args.enumerated_shapes:
             if model is not student:
-                raise RequestError("--crop works with fixed shapes only; leave out --enumerated-shapes")
+                raise UserError("--crop works with fixed shapes only; leave out --enumerated_shapes")
             sizes = [parse_resolution(s) for s in args.enumerated_shapes.split(",")]
             enumerated = [latent_shape(student, frames, h, w) for h, w in sizes]
             z = torch.randn(enumerated[0])
         t0 = time.perf_counter()
-    except (RequestError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     try:
         mlmodel = convert(model, z, args.precision, args.deployment_target, enumerated)
     except (ValueError, RuntimeError, NotImplementedError) as e:  # e.g. the classic shuffle's rank-8 reshape

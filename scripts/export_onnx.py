@@ -2,10 +2,10 @@
 
     python scripts/export_onnx.py --config ltx --resolution 256x256 --frames 17 --output ltx.onnx
     python scripts/export_onnx.py --config hunyuan --student runs/hy/student --resolution 720x1280 --frames 17 \\
-        --output hy.onnx --dynamic-frames
+        --output hy.onnx --dynamic_frames
 
 Input ``latents`` (1, C, T', H', W'), output ``video`` (1, 3, frames, H, W). Fixed shapes, or with
-``--dynamic-frames`` a dynamic latent frame axis (>= 2 latent frames). After export: ``onnx.checker``,
+``--dynamic_frames`` a dynamic latent frame axis (>= 2 latent frames). After export: ``onnx.checker``,
 one ONNX Runtime run on random latents compared with PyTorch (max abs error printed; exit 1 above
 ``--atol``, default 1e-3 on [-1, 1] output). ``--benchmark`` also times both, interleaved.
 Sizes must be multiples of the student's spatial compression; ``--crop`` instead decodes the next
@@ -22,15 +22,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RequestError, export_arguments, export_model, export_onnx, load_student, ort_session,  # noqa: E402
+from _common import (UserError, export_arguments, export_model, export_onnx, load_student, ort_session,  # noqa: E402
                      parse_resolution, set_threads)
 
+from models.cli import check_output_file, run, user_errors  # noqa: E402
 from models.config import load_config  # noqa: E402
 
 
 def main(argv=None) -> int:
+    """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
+    return run(_main, argv)
+
+
+def _main(argv=None) -> int:
     p = export_arguments(__doc__.split("\n")[0], "output .onnx file")
-    p.add_argument("--dynamic-frames", action="store_true", help="dynamic latent frame axis")
+    p.add_argument("--dynamic_frames", action="store_true", help="dynamic latent frame axis")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--atol", type=float, default=1e-3, help="max abs error allowed against PyTorch")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime")
@@ -42,20 +48,17 @@ def main(argv=None) -> int:
         import onnx
         import onnxruntime  # noqa: F401
     except ImportError as e:
-        print(f"error: ONNX export needs onnx, onnxscript and onnxruntime ({e}); pip install onnx onnxscript "
-              f"onnxruntime", file=sys.stderr)
-        return 2
-    try:
+        raise UserError(f"ONNX export needs onnx, onnxscript and onnxruntime ({e}); pip install onnx onnxscript "
+                        f"onnxruntime") from None
+    with user_errors():
+        check_output_file(args.output, "--output")
         cfg = load_config(args.config)
         height, width = parse_resolution(args.resolution)
         frames = args.frames or cfg["num_frames"]
         student = load_student(cfg, args.student)
         if args.crop and args.dynamic_frames:
-            raise RequestError("--crop works with fixed shapes only; leave out --dynamic-frames")
+            raise UserError("--crop works with fixed shapes only; leave out --dynamic_frames")
         model, z = export_model(student, frames, height, width, crop=args.crop)
-    except (RequestError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
     t0 = time.perf_counter()
     path = export_onnx(model, z, args.output, dynamic_frames=args.dynamic_frames, opset=args.opset)

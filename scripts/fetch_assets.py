@@ -26,9 +26,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python scripts/x.py` from anywhere
 
 from models import assets as registry  # noqa: E402
+from models.cli import ArgumentParser, UserError, run  # noqa: E402
 from models.fetch import Fetcher, FetchError  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("dir", nargs="?", default=None,
                     help="assets folder to build (default: $TURBO_VAED_CACHE/assets, else ~/.cache/turbo_vaed/assets)")
@@ -37,19 +38,22 @@ parser.add_argument("--mirror", default=None,
 parser.add_argument("--list", action="store_true", help="print the asset registry as a markdown table and exit")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv=None) -> int:
+    """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
+    return run(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         sys.stdout.write(registry.markdown_table())
         return 0
     root = Path(args.dir).expanduser() if args.dir else registry.default_assets_dir()
     if root.exists() and not root.is_dir():
-        print(f"error: {root} is a file, expected a folder to build the assets in; pass another DIR", file=sys.stderr)
-        return 2
+        raise UserError(f"{root} is a file, expected a folder to build the assets in; pass another DIR")
     if args.mirror and "://" not in args.mirror and not Path(args.mirror).expanduser().is_dir():
-        print(f"error: mirror folder {args.mirror} does not exist; pass a folder laid out as "
-              "<mirror>/<host>/<path> or a base URL", file=sys.stderr)
-        return 2
+        raise UserError(f"mirror folder {args.mirror} does not exist; pass a folder laid out as "
+                        "<mirror>/<host>/<path> or a base URL")
 
     fetched: list[str] = []
     there: list[str] = []
@@ -74,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     fetched.append(asset.relpath + note)
                     tqdm.write(f"fetched  {asset.relpath}{note}")
     except PermissionError as e:
-        print(f"error: cannot write in {root} ({e}); pass a folder you can write to", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot write in {root} ({e}); pass a folder you can write to") from None
     except KeyboardInterrupt:
         print("\ninterrupted: no partial file was left; run the same command again to continue", file=sys.stderr)
         return 130

@@ -14,11 +14,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.cli import ArgumentParser, UserError, check_output_file, run, user_errors  # noqa: E402
 from train_vae.plots import held_out_curve, plot_runs, read_log  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
+    return run(_main, argv)
+
+
+def _main(argv=None) -> int:
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="training output folders (with log.jsonl)")
     ap.add_argument("--labels", nargs="+", help="one label per run (default: folder names)")
     ap.add_argument("--output", required=True, help="PNG to write")
@@ -27,13 +33,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     labels = args.labels or [Path(r).name for r in args.runs]
     if len(labels) != len(args.runs):
-        print(f"error: {len(labels)} labels for {len(args.runs)} runs", file=sys.stderr)
-        return 2
-    try:
-        runs = {label: read_log(run) for label, run in zip(labels, args.runs)}
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"--labels: {len(labels)} labels for {len(args.runs)} runs; give one label per run")
+    with user_errors():
+        check_output_file(args.output, "--output")
+        runs = {label: read_log(folder) for label, folder in zip(labels, args.runs)}
     plot_runs(runs, Path(args.output), args.target)
     marks = [float(m) for m in args.minutes.split(",")]
     print("| run | teacher | " + " | ".join(f"{m:g} min" for m in marks) + " |")

@@ -6,7 +6,6 @@ for a 4x student without a first frame alone; a multiple of 32 pixels for 32x st
 student_decoder_params, ratio, decode, teacher_gmacs, student_gmacs, mac_ratio, latent_channels, compression."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import count_macs, meta_copy, parse_resolution  # noqa: E402
 
+from models.cli import ArgumentParser, run, user_errors  # noqa: E402
 from models.config import (build_student, config_names, default_teacher_config, has_teacher, is_derived,  # noqa: E402
                            load_config, teacher_decoder_params)
 from models.teachers import diffusers_class  # noqa: E402
@@ -64,13 +64,16 @@ def summarize(names: list[str], frames: int = 17, height: int = 256, width: int 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = ArgumentParser(description=__doc__)
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ap.add_argument("--config", action="append", help="restrict to these configs (repeatable)")
     ap.add_argument("--frames", type=int, default=17, help="frames of the decode the MACs are counted for")
     ap.add_argument("--resolution", default="256", help="H or HxW of that decode")
     args = ap.parse_args(argv)
     h, w = parse_resolution(args.resolution)
+    with user_errors():
+        for name in args.config or []:
+            load_config(name)  # an unknown config fails here, in one line
     rows = summarize(args.config or config_names(), args.frames, h, w)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -88,4 +91,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -293,3 +293,19 @@ def test_make_procedural_clips(tmp_path):
     assert torch.equal(read_video_frames(again, [0, 11]), read_video_frames(paths[0], [0, 11]))
     other = make_procedural_clips(tmp_path / "c", num_clips=1, num_frames=12, size=(48, 80), seed=8)[0]
     assert not torch.equal(read_video_frames(other, [0]), read_video_frames(paths[0], [0]))
+
+
+def test_mpeg_program_stream_is_indexed_and_other_files_named(tmp_path, asset, monkeypatch):
+    """Issue 14, point 7: an .mpg (MPEG-2 program stream) is a training video like an .mp4; a file that is not
+    a video is named in one warning instead of being dropped without a word."""
+    import shutil
+    monkeypatch.setenv("TURBO_VAED_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    shutil.copy(asset("clips/cc0_kivy_city_dusk.mpg"), tmp_path / "data" / "city.mpg")
+    (tmp_path / "data" / "notes.txt").write_text("not a video")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        index = VideoIndex(tmp_path / "data", num_frames=17)
+    assert index.paths == ["city.mpg"] and index.entries[0].frames == 190
+    left_out = [str(w.message) for w in rec if "left out" in str(w.message)]
+    assert len(left_out) == 1 and "notes.txt" in left_out[0]

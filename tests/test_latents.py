@@ -3,6 +3,7 @@ pixels they were computed from (no random crop of its own), resume/atomic writes
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from models.cli import run
 from models.config import load_config, load_teacher
 from train_vae.data import VideoDataset, make_procedural_clips, read_video_frames, resize_crop_frames
 from train_vae.generate_latents import SettingsMismatchError, generate_latents, main, read_files_list
-from train_vae.latent_dataset import LatentDataset, collate_latents, dequantize_frames
+from train_vae.latent_dataset import FORMAT_VERSION, LatentDataset, collate_latents, dequantize_frames
 
 NUM_FRAMES, RES, CLIPS = 9, 64, 2
 Q = 0.5 / 127.5  # largest error of uint8 quantisation round((v + 1) * 127.5)
@@ -167,8 +169,8 @@ def test_resume_skips_existing_and_survives_a_crash(work, generated, cfg, teache
     assert len(present) == len(before) - 1  # exactly one of the lost samples was rewritten, whole
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is False and manifest["num_samples"] == len(before) - 1
-    with pytest.warns(UserWarning, match="did not finish"):
-        assert len(LatentDataset(out)) == len(before) - 1
+    with pytest.raises(ValueError, match="incomplete: generation stopped after"):  # never trained on silently
+        LatentDataset(out)
 
     (out / "junk.safetensors.tmp").write_bytes(b"partial")  # ignored by readers
     counter = CountingTeacher(teacher)
@@ -256,7 +258,7 @@ def test_errors(tmp_path, work, monkeypatch):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(FileNotFoundError, match="empty_dir"):
         LatentDataset(tmp_path / "empty_dir")
-    (tmp_path / "empty_dir" / "manifest.json").write_text(json.dumps({"format_version": 1, "samples": []}))
+    (tmp_path / "empty_dir" / "manifest.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "samples": []}))
     with pytest.raises(ValueError, match="empty_dir.*no samples"):
         LatentDataset(tmp_path / "empty_dir")
     # a config without a public teacher
@@ -264,6 +266,77 @@ def test_errors(tmp_path, work, monkeypatch):
         generate_latents(load_config("dcae"), work / "data", tmp_path / "x", progress=False)
     # an empty data folder (VideoDataset's own error), reported by the CLI as an error, exit code 2
     (tmp_path / "no_videos").mkdir()
-    rc = main(["--config", "taef2", "--data_dir", str(tmp_path / "no_videos"), "--output_dir", str(tmp_path / "y"),
-               "--quiet"])
+    rc = run(main, ["--config", "taef2", "--data_dir", str(tmp_path / "no_videos"), "--output_dir", str(tmp_path / "y"),
+                    "--quiet"])
     assert rc == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache records what it was made from: used as it is, finished or rebuilt, with one line saying which
+# ---------------------------------------------------------------------------------------------
+
+class OtherWeightsTeacher(CountingTeacher):
+    """The same teacher with one more (irrelevant) tensor in its state: other weights as far as a cache knows."""
+
+    def state_dict(self):
+        return {**self.teacher.state_dict(), "extra": torch.ones(1)}
+
+
+def _cached(work, out, teacher, **over):
+    lines = []
+    generate_latents(load_config("taef2"), over.pop("data", work / "data"), out, teacher=teacher, rebuild_stale=True,
+                     log=lines.append, **_kwargs(work, **over))
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_cache_is_used_only_when_everything_matches(work, generated, teacher, tmp_path):
+    out = tmp_path / "lat"
+    shutil.copytree(generated[0], out)
+    n = 3 * CLIPS
+    counter = CountingTeacher(teacher)
+    assert f"using its {n} samples" in _cached(work, out, counter) and counter.calls == 0
+
+    # other settings, other teacher weights: stale, rebuilt from scratch, old samples gone
+    counter = CountingTeacher(teacher)
+    line = _cached(work, out, counter, resolution=32)
+    assert f"rebuilding all {n} samples" in line and "resolution 64x64 -> 32x32" in line and counter.calls == n
+    assert json.loads((out / "manifest.json").read_text())["identity"]["resolution"] == "32x32"
+    assert len(list(out.glob("*.safetensors"))) == n
+    counter = OtherWeightsTeacher(teacher)
+    line = _cached(work, out, counter, resolution=32)
+    assert "rebuilding" in line and "teacher_sha256" in line and counter.calls == n
+
+
+def test_cache_of_another_data_folder_is_rebuilt(work, generated, teacher, tmp_path):
+    out = tmp_path / "lat"
+    shutil.copytree(generated[0], out)
+    shutil.copytree(work / "data", tmp_path / "mine")  # same file names, another folder
+    counter = CountingTeacher(teacher)
+    line = _cached(work, out, counter, data=tmp_path / "mine")
+    assert "rebuilding" in line and f"data_dir {work / 'data'} -> {tmp_path / 'mine'}" in line
+    assert LatentDataset(out).manifest["data_dir"] == str(tmp_path / "mine")
+
+
+def test_changed_source_files_and_partial_caches_are_finished(work, generated, teacher, tmp_path):
+    out = tmp_path / "lat"
+    shutil.copytree(generated[0], out)
+    shutil.copytree(work / "data", tmp_path / "data")
+    generate_latents(load_config("taef2"), tmp_path / "data", out, teacher=teacher, rebuild_stale=True,
+                     log=lambda m: None, **_kwargs(work))  # a cache of this folder
+    os.utime(tmp_path / "data" / "procedural_001.mp4", ns=(1, 1))  # the file changed since
+    counter = CountingTeacher(teacher)
+    line = _cached(work, out, counter, data=tmp_path / "data")
+    assert f"writing {CLIPS} of {3 * CLIPS} samples" in line and "source files that changed" in line
+    assert counter.calls == CLIPS
+    # killed while writing: the next run finishes it, never trains on the part
+    for p in list(out.glob("procedural_002*.safetensors")):
+        p.unlink()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _cached(work, out, CountingTeacher(teacher, fail_on=2), data=tmp_path / "data")
+    with pytest.raises(ValueError, match="incomplete"):
+        LatentDataset(out)
+    counter = CountingTeacher(teacher)
+    line = _cached(work, out, counter, data=tmp_path / "data")
+    assert "finishing it: writing 1 of" in line and "stopped after" in line and counter.calls == 1
+    assert len(LatentDataset(out)) == 3 * CLIPS

@@ -198,3 +198,59 @@ def test_loss_schedule_blends_phases_and_keeps_the_fixed_recipe():
                             ([{"end": 0.01}, {"end": 1.0}], "gets no step")):
         with pytest.raises(ValueError, match=message):
             LossSchedule(phases, 10)
+
+
+# ---- the latent cache, resume from damaged checkpoints, paths from the caller's folder -----------------
+def test_training_rebuilds_a_stale_cache_and_finishes_a_partial_one(clips, tmp_path, capsys):
+    """The issue's case: the demo's cache in OUTPUT_DIR/latents, then a run on another folder with the same
+    output folder trains on the new clips (it trained on the demo's before); a killed cache run is finished."""
+    out = tmp_path / "run"
+    train_mod.Trainer(settings(clips, out))
+    assert "building 6 samples" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    make_procedural_clips(mine, num_clips=4, num_frames=12, size=(64, 64), seed=11)
+    t = train_mod.Trainer(settings(mine, out))
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("latent cache")]
+    assert len(line) == 1 and "rebuilding all 6 samples" in line[0] and f"-> {mine}" in line[0]
+    assert t.train_set.manifest["data_dir"] == str(mine)
+    # a cache run killed after some samples: manifest not complete, a sample missing
+    manifest = json.loads((out / "latents" / "manifest.json").read_text())
+    (out / "latents" / manifest["samples"][-1]["file"]).unlink()
+    manifest.update(complete=False, samples=manifest["samples"][:-1])
+    (out / "latents" / "manifest.json").write_text(json.dumps(manifest))
+    t = train_mod.Trainer(settings(mine, out))
+    assert "finishing it: writing 1 of 6 samples" in capsys.readouterr().err
+    assert len(t.train_set) == 6 and t.train_set.manifest["complete"]
+    train_mod.Trainer(settings(mine, out))
+    assert "using its 6 samples" in capsys.readouterr().err
+
+
+def test_resume_latest_falls_back_to_the_newest_intact_checkpoint(clips, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_mod.Trainer(settings(clips, out, log_every=2, val_every=3, disc_start=6)).fit()
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3, 4, 6]  # validation on its own schedule, not only on log steps
+    assert [r["step"] for r in rows if "val_psnr" in r] == [0, 3, 6]
+    bad = out / "checkpoints" / "step_000006" / "pytorch_model.bin"
+    bad.write_bytes(bad.read_bytes()[:1000])  # truncated, as by a full disk
+    capsys.readouterr()
+    trainer = train_mod.Trainer(settings(clips, out, log_every=2, val_every=3, disc_start=6, resume="latest"))
+    err = capsys.readouterr().err
+    assert f"checkpoint step_000006 is damaged ({bad}: not a complete torch file" in err
+    assert "resuming from step_000003, the newest intact checkpoint" in err
+    assert trainer.fit()["step"] == 6 and (out / "checkpoints" / "latest").read_text() == "step_000006"
+
+
+def test_train_sh_takes_relative_paths_from_the_callers_folder(clips, tmp_path):
+    """``cd elsewhere; bash path/to/train.sh --output_dir out`` writes to elsewhere/out, not into the repository."""
+    import shutil
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copytree(clips, tmp_path / "vids")
+    rel = argv("vids", "rel_out", max_steps=1, checkpoint_every=1, val_every=1, lpips_weight=0)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", os.path.relpath(repo / "train.sh", tmp_path), *rel], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "rel_out" / "student" / "config.json").is_file()
+    assert (tmp_path / "rel_out" / "latents" / "manifest.json").is_file()
+    assert not (repo / "rel_out").exists() and not (repo / "vids").exists()

@@ -2,7 +2,7 @@
 
     python train_vae/generate_latents.py --config taef2 --data_dir DIR --output_dir LATENT_DIR \
         [--num_frames 17] [--resolution 128] [--clips_per_video 4] [--seed 0] \
-        [--files-from LIST.txt] [--store_frames] [--batch_size 1] [--fp16] [--overwrite]
+        [--files_from LIST.txt] [--store_frames] [--batch_size 1] [--fp16] [--overwrite]
 
 Clips come from ``VideoDataset`` in train mode: random window, resize + random crop, random flip,
 all drawn from ``(seed, clip, index)``. ``clips_per_video`` windows per video are the dataset's
@@ -16,14 +16,24 @@ interrupted run never leaves a half-written sample; a re-run skips samples that 
 (``--overwrite`` regenerates them) and deletes stale ``*.tmp`` files of dead runs.
 ``manifest.json`` lists the samples of the requested files x clips and the settings; it is
 rewritten (atomically) as generation proceeds and marked ``"complete": true`` at the end.
+
+The manifest also records what the folder was made from (``identity``: data folder, teacher class and weights'
+sha256, frames, resolution, stride, seed, flips; per sample the source file's size and mtime). A rerun on the
+same keeps what matches and writes what is missing or stale (one line says so); a rerun with other data,
+teacher or settings is an error (``--overwrite`` rebuilds), where training rebuilds its own cache.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import sys
+
+if __name__ == "__main__" and not __package__:  # run as a script: import this checkout, not train_vae/*.py as top level
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,15 +43,20 @@ from safetensors.torch import save as safetensors_save
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from models.config import has_teacher, load_config, load_teacher
+from models.cli import ArgumentParser, check_dir, check_writable_dir, run, user_errors
+from models.config import check_clip_fits, has_teacher, load_config, load_teacher
+from models.files import atomic_write
+from models.teachers import weights_sha256
 from train_vae.data import VideoDataset, collate_videos
-from train_vae.latent_dataset import (FORMAT_VERSION, MANIFEST_NAME, quantize_video, read_manifest,
+from train_vae.latent_dataset import (FORMAT_VERSION, MANIFEST_NAME, SAMPLE_PATTERN, quantize_video, read_manifest,
                                       read_sample_header, sample_name)
 
 logger = logging.getLogger(__name__)
 
-# settings that decide what a sample is; a folder never mixes samples made with different values
-IDENTITY_KEYS = ("config", "teacher_class", "num_frames", "resolution", "frame_stride", "seed", "random_flip")
+# what a sample is made from (besides its source file's size and mtime); a folder never mixes samples made with
+# different values, and a cache whose values differ from a request is stale
+IDENTITY_KEYS = ("config", "teacher_class", "teacher_sha256", "data_dir", "num_frames", "resolution", "frame_stride",
+                 "seed", "random_flip")
 MANIFEST_EVERY = 256  # rewrite the manifest after this many new samples (and after every clip epoch)
 
 
@@ -50,24 +65,8 @@ class SettingsMismatchError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# atomic files
+# leftovers of dead runs
 # ---------------------------------------------------------------------------------------------
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-
 
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
@@ -110,21 +109,16 @@ def _identity(meta: dict[str, Any]) -> dict[str, str]:
     return {k: str(meta[k]) for k in IDENTITY_KEYS if k in meta}
 
 
-def _check_fits(teacher, num_frames: int, hw: tuple[int, int]) -> None:
-    comp = getattr(teacher, "compression", None)
-    if comp is None:
-        return
-    ct, ch, cw = comp
-    causal = bool(getattr(teacher, "causal", False))
-    ok_t = (num_frames - 1) % ct == 0 if causal else num_frames % ct == 0
-    if not ok_t or hw[0] % ch or hw[1] % cw:
-        need = f"1 + {ct}k" if causal else f"a multiple of {ct}"
-        raise ValueError(f"clips of {num_frames} frames at {hw[0]}x{hw[1]} do not fit the teacher "
-                         f"(compression {tuple(comp)}): frames must be {need}, height/width multiples of {ch}/{cw}")
+def _differences(theirs: dict[str, str], ours: dict[str, str]) -> str:
+    """``"resolution 64x64 -> 32x32, data_dir /a -> /b"``: what a cache was made from that a request changes."""
+    return ", ".join(f"{k} {theirs.get(k, '(not recorded)')} -> {v}" for k, v in ours.items() if theirs.get(k) != v)
 
 
-def _existing_ok(path: Path, identity: dict[str, str], need_frames: bool) -> tuple[bool, dict | None]:
-    """(reusable, header) for an existing sample file; raises on a settings mismatch."""
+def _existing_ok(path: Path, identity: dict[str, str], source: tuple[int, int], need_frames: bool
+                 ) -> tuple[bool, dict | None]:
+    """(reusable, header) for an existing sample file: readable, made with ``identity`` from a source file that
+    still has the (size, mtime_ns) ``source``, with frames when ``need_frames``. Raises on a settings mismatch
+    (the manifest said the folder matches, so the folder mixes samples of different settings)."""
     if not path.is_file():
         return False, None
     try:
@@ -133,21 +127,79 @@ def _existing_ok(path: Path, identity: dict[str, str], need_frames: bool) -> tup
         logger.warning("regenerating unreadable sample %s (%s)", path.name, e)
         return False, None
     theirs = _identity(head["metadata"])
-    diff = {k: (theirs.get(k), v) for k, v in identity.items() if theirs.get(k) != v}
-    if diff:
-        raise SettingsMismatchError(
-            f"{str(path)!r} was generated with other settings ({', '.join(f'{k}: {a} != {b}' for k, (a, b) in diff.items())}); "
-            f"use another output folder or --overwrite")
+    if theirs != identity:
+        raise SettingsMismatchError(f"{str(path)!r} was generated with other settings "
+                                    f"({_differences(theirs, identity)}); use another output folder or --overwrite")
+    meta = head["metadata"]
+    if (meta.get("source_size"), meta.get("source_mtime")) != tuple(str(v) for v in source):
+        return False, head  # the source video changed since: its clip is stale
     if need_frames and not head["has_frames"]:
         return False, head
     return True, head
 
 
 def _record(name: str, source: str, clip: int, index: int, frame_indices: Sequence[int],
-            crop: Sequence[int], scale_size: Sequence[int], flip: bool, has_frames: bool) -> dict[str, Any]:
+            crop: Sequence[int], scale_size: Sequence[int], flip: bool, has_frames: bool,
+            source_stat: tuple[int, int]) -> dict[str, Any]:
     return {"file": name, "source": source, "clip": int(clip), "index": int(index),
             "frame_indices": [int(i) for i in frame_indices], "crop": [int(v) for v in crop],
-            "scale_size": [int(v) for v in scale_size], "flip": bool(flip), "has_frames": bool(has_frames)}
+            "scale_size": [int(v) for v in scale_size], "flip": bool(flip), "has_frames": bool(has_frames),
+            "source_size": int(source_stat[0]), "source_mtime": int(source_stat[1])}
+
+
+def _old_manifest(out: Path) -> tuple[dict | None, str | None]:
+    """(manifest, None), (None, None) when there is none, or (None, why it cannot be used)."""
+    if not (out / MANIFEST_NAME).is_file():
+        return None, None
+    try:
+        return read_manifest(out), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def _remove_samples(out: Path) -> int:
+    """Delete the sample files and the manifest of a latent folder (nothing else in it); returns the count."""
+    doomed = [p for p in out.iterdir() if SAMPLE_PATTERN.fullmatch(p.name)] + [out / MANIFEST_NAME]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return len(doomed) - 1
+
+
+def cache_decision(old: dict | None, old_problem: str | None, identity: dict[str, str], overwrite: bool,
+                   rebuild_stale: bool, where: str) -> str | None:
+    """Why the samples in a latent folder must all be rebuilt (None: reuse what matches). Raises
+    SettingsMismatchError for a stale folder unless ``rebuild_stale``."""
+    if overwrite and (old or old_problem):
+        return "--overwrite"
+    if old_problem:
+        why = f"its manifest cannot be used ({old_problem})"
+    elif old is not None and _identity(old.get("identity", {})) != identity:
+        why = f"it was made from other data, teacher or settings: {_differences(old.get('identity', {}), identity)}"
+    else:
+        return None
+    if not rebuild_stale:
+        raise SettingsMismatchError(f"latent folder {where!r} cannot be reused: {why}; use another --output_dir "
+                                    f"or --overwrite")
+    return why
+
+
+def _decision_line(old: dict | None, rebuild: str | None, planned: int, pending: int, changed: int) -> str:
+    """One line: whether a latent folder is used as it is, finished or (re)built, and why."""
+    if rebuild:
+        return f"rebuilding all {planned} samples: {rebuild}"
+    if old is None:
+        return f"building {planned} samples (no cache there yet)"
+    if not pending:
+        done = "complete" if old.get("complete") else "all written, now marked complete"
+        return f"using its {planned} samples (same data files, teacher weights and settings; {done})"
+    why = []
+    if not old.get("complete"):
+        why.append(f"the run that wrote it stopped after {old.get('num_samples', 0)} samples")
+    if changed:
+        why.append(f"{changed} sample(s) of source files that changed since")
+    if pending - changed and old.get("complete"):
+        why.append(f"{pending - changed} sample(s) of videos it does not have yet")
+    return f"finishing it: writing {pending} of {planned} samples, keeping the rest ({'; '.join(why)})"
 
 
 def generate_latents(
@@ -166,21 +218,31 @@ def generate_latents(
     batch_size: int = 1,
     fp16: bool = False,
     overwrite: bool = False,
+    rebuild_stale: bool = False,
     frame_stride: int = 1,
     random_flip: bool = True,
     num_workers: int = 0,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike | None = None,
+    log=None,
 ) -> Path:
     """Encode ``clips_per_video`` random clips of every video under ``data_dir`` (or of ``files``)
     with the teacher of ``cfg`` and write them to ``output_dir``; returns ``output_dir``.
 
     ``num_frames`` defaults to the config's. ``teacher``: an already loaded teacher (anything with
-    ``encode``); otherwise ``load_teacher(cfg)`` is loaded (only if something is left to encode)
-    on ``device`` (default: CUDA when available). The stored latents are ``teacher.encode`` of
-    the float32 clip, batched ``batch_size`` at a time.
+    ``encode``); otherwise ``load_teacher(cfg)`` is loaded on ``device`` (default: CUDA when available).
+    The stored latents are ``teacher.encode`` of the float32 clip, batched ``batch_size`` at a time.
+
+    The folder is a cache of what it was made from: data folder, each source file's size and mtime, teacher
+    class and weights (sha256), frames, resolution, stride, seed and flips (``manifest.json``: ``identity``,
+    and per sample ``source_size``/``source_mtime``). A folder made from the same is reused: samples already
+    there are kept, those missing (an interrupted run) or of changed source files are written. One made from
+    other data, teacher or settings is rebuilt from scratch with ``rebuild_stale`` (the trainer's cache) and
+    is an error otherwise (SettingsMismatchError; ``overwrite`` rebuilds). One line says which and why
+    (``log``, default: stderr).
     """
     t_start = time.perf_counter()
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not isinstance(cfg, dict):
         cfg = load_config(cfg)
     if teacher is None and not has_teacher(cfg):
@@ -190,6 +252,7 @@ def generate_latents(
     hw = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
     if clips_per_video < 1 or batch_size < 1:
         raise ValueError("clips_per_video and batch_size must be >= 1")
+    check_clip_fits(cfg, num_frames, *hw)
     teacher_class = str(cfg["teacher"]["class"])
 
     # the dataset: train mode, one window per video and epoch; epoch = clip number
@@ -199,48 +262,7 @@ def generate_latents(
     out = Path(output_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out)
-
-    identity = {"config": str(cfg["name"]), "teacher_class": teacher_class, "num_frames": str(num_frames),
-                "resolution": f"{hw[0]}x{hw[1]}", "frame_stride": str(int(frame_stride)), "seed": str(int(seed)),
-                "random_flip": str(bool(random_flip))}
-    mpath = out / MANIFEST_NAME
-    if mpath.is_file() and not overwrite:
-        old = read_manifest(out)
-        theirs = _identity({**old, "resolution": "x".join(str(v) for v in old.get("resolution", [])),
-                            "random_flip": old.get("random_flip")})
-        diff = {k: (theirs.get(k), v) for k, v in identity.items() if theirs.get(k) != v}
-        if diff:
-            raise SettingsMismatchError(
-                f"latent folder {str(out)!r} holds samples made with other settings "
-                f"({', '.join(f'{k}: {a} != {b}' for k, (a, b) in diff.items())}); "
-                f"use another --output_dir or --overwrite")
-
-    # plan: every (clip, index); reuse what exists
-    plan: list[tuple[int, int, str]] = []
-    records: dict[str, dict[str, Any]] = {}
-    pending: dict[int, list[int]] = {}
-    for clip in range(clips_per_video):
-        for idx in range(len(ds)):
-            name = sample_name(ds.entries[idx].path, clip)
-            plan.append((clip, idx, name))
-            reuse, head = (False, None) if overwrite else _existing_ok(out / name, identity, store_frames)
-            if reuse:
-                meta = head["metadata"]
-                records[name] = _record(name, meta.get("source", ds.entries[idx].path), clip,
-                                        int(meta.get("index", idx)),
-                                        head["frame_indices"], head["crop"], head["scale_size"], head["flip"],
-                                        head["has_frames"])
-            else:
-                pending.setdefault(clip, []).append(idx)
-    n_pending = sum(len(v) for v in pending.values())
-    n_skipped = len(plan) - n_pending
-
-    latent_shape: list[int] | None = None
-    if records:
-        first = next(iter(records))
-        latent_shape = list(read_sample_header(out / first)["shapes"]["latents"])
-
-    if n_pending and teacher is None:
+    if teacher is None:
         teacher = load_teacher(cfg)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -248,8 +270,45 @@ def generate_latents(
     if device is None:
         params = next(iter(teacher.parameters()), None) if isinstance(teacher, torch.nn.Module) else None
         device = params.device if params is not None else "cpu"
-    if teacher is not None:
-        _check_fits(teacher, num_frames, hw)
+
+    identity = {"config": str(cfg["name"]), "teacher_class": teacher_class, "teacher_sha256": weights_sha256(teacher),
+                "data_dir": str(ds.data_dir), "num_frames": str(num_frames), "resolution": f"{hw[0]}x{hw[1]}",
+                "frame_stride": str(int(frame_stride)), "seed": str(int(seed)), "random_flip": str(bool(random_flip))}
+    mpath = out / MANIFEST_NAME
+    old, old_problem = _old_manifest(out)
+    rebuild = cache_decision(old, old_problem, identity, overwrite, rebuild_stale, str(out))
+    if rebuild:
+        _remove_samples(out)
+        old = None
+
+    # plan: every (clip, index); reuse what exists and still matches its source file
+    plan: list[tuple[int, int, str]] = []
+    records: dict[str, dict[str, Any]] = {}
+    pending: dict[int, list[int]] = {}
+    changed = 0
+    for clip in range(clips_per_video):
+        for idx in range(len(ds)):
+            entry = ds.entries[idx]
+            name = sample_name(entry.path, clip)
+            plan.append((clip, idx, name))
+            reuse, head = (False, None) if rebuild else _existing_ok(out / name, identity, (entry.size, entry.mtime),
+                                                                     store_frames)
+            if reuse:
+                meta = head["metadata"]
+                records[name] = _record(name, meta.get("source", entry.path), clip, int(meta.get("index", idx)),
+                                        head["frame_indices"], head["crop"], head["scale_size"], head["flip"],
+                                        head["has_frames"], (entry.size, entry.mtime))
+            else:
+                changed += head is not None
+                pending.setdefault(clip, []).append(idx)
+    n_pending = sum(len(v) for v in pending.values())
+    n_skipped = len(plan) - n_pending
+    log(f"latent cache {out}: " + _decision_line(old, rebuild, len(plan), n_pending, changed))
+
+    latent_shape: list[int] | None = None
+    if records:
+        first = next(iter(records))
+        latent_shape = list(read_sample_header(out / first)["shapes"]["latents"])
     latent_channels = getattr(teacher, "latent_channels", cfg.get("latent_channels"))
 
     def write_manifest(complete: bool, stats: dict | None = None) -> None:
@@ -272,6 +331,7 @@ def generate_latents(
             "latent_dtype": "float16" if fp16 else "float32",
             "latent_shape": latent_shape,
             "data_dir": str(ds.data_dir),
+            "identity": identity,
             "frames_encoding": "uint8 (T, H, W, 3) = round((video + 1) * 127.5) of the float video in [-1, 1] "
                                "the encoder saw; video = frames / 127.5 - 1",
             "num_videos": len(ds),
@@ -279,7 +339,7 @@ def generate_latents(
             "last_run": stats,
             "samples": samples,
         }
-        _atomic_write(mpath, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+        atomic_write(mpath, json.dumps(manifest, indent=1) + "\n")
 
     write_manifest(complete=n_pending == 0, stats={"written": 0, "skipped": n_skipped} if n_pending else None)
     bar = tqdm(total=len(plan), initial=n_skipped, desc=f"latents -> {out.name}", unit="clip",
@@ -322,19 +382,22 @@ def generate_latents(
                     if store_frames:
                         tensors["frames"] = quantize_video(video[i])
                     src = batch["path"][i]
-                    entry = ds.index.get(src)
+                    entry = ds.entries[idx]
                     metadata = {
                         **identity,
                         "format_version": str(FORMAT_VERSION),
                         "source": src,
                         "clip": str(clip),
                         "index": str(idx),
+                        # the source file as encoded: a later run regenerates the sample when it changed
+                        "source_size": str(entry.size), "source_mtime": str(entry.mtime),
+                        # original frame size: lets LatentDataset notice a changed file
+                        "source_height": str(entry.height), "source_width": str(entry.width),
                     }
-                    if entry is not None:  # original frame size: lets LatentDataset notice a changed file
-                        metadata["source_height"], metadata["source_width"] = str(entry.height), str(entry.width)
-                    _atomic_write(out / name, safetensors_save(tensors, metadata=metadata))
+                    atomic_write(out / name, safetensors_save(tensors, metadata=metadata))
                     records[name] = _record(name, src, clip, idx, batch["frame_indices"][i], batch["crop"][i],
-                                            batch["scale_size"][i], batch["flip"][i], store_frames)
+                                            batch["scale_size"][i], batch["flip"][i], store_frames,
+                                            (entry.size, entry.mtime))
                     written += 1
                     since_manifest += 1
                     bar.update(1)
@@ -364,8 +427,8 @@ def read_files_list(path: str | os.PathLike) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Pre-compute frozen-teacher latents for decoder distillation.")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description="Pre-compute frozen-teacher latents for decoder distillation.")
     p.add_argument("--config", required=True, help="config name (configs/<name>.yaml) or path")
     p.add_argument("--data_dir", required=True, help="folder of training videos")
     p.add_argument("--output_dir", required=True, help="folder for the latent files and manifest.json")
@@ -373,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=128, help="square clip size in pixels")
     p.add_argument("--clips_per_video", type=int, default=4, help="random windows per video")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--files-from", "--files_from", dest="files_from", default=None,
+    p.add_argument("--files_from", default=None,
                    help="text file with the relative paths to use, one per line (default: all videos)")
     p.add_argument("--store_frames", action="store_true",
                    help="also store the encoded pixels as uint8 round((v + 1) * 127.5)")
@@ -389,19 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI. Arguments, config, folders and the file list are checked before the video folder is indexed
+    or the teacher loaded; those errors, a stale output folder and an unusable data folder exit with code 2
+    and one message (``models.cli.run``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    files = read_files_list(args.files_from) if args.files_from else None
-    try:
+    with user_errors():
+        cfg = load_config(args.config)
+        num_frames = args.num_frames or int(cfg["num_frames"])
+        check_clip_fits(cfg, num_frames, args.resolution, args.resolution)
+        check_dir(args.data_dir, "--data_dir")
+        check_writable_dir(args.output_dir, "--output_dir")
+        files = read_files_list(args.files_from) if args.files_from else None
         out = generate_latents(
-            args.config, args.data_dir, args.output_dir, num_frames=args.num_frames, resolution=args.resolution,
+            cfg, args.data_dir, args.output_dir, num_frames=num_frames, resolution=args.resolution,
             clips_per_video=args.clips_per_video, seed=args.seed, files=files, store_frames=args.store_frames,
             progress=not args.quiet, batch_size=args.batch_size, fp16=args.fp16, overwrite=args.overwrite,
             frame_stride=args.frame_stride, random_flip=not args.no_flip, num_workers=args.num_workers,
             device=args.device)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     stats = json.loads((out / MANIFEST_NAME).read_text())
     last = stats.get("last_run") or {}
     print(f"{stats['num_samples']} samples in {out} ({last.get('written', 0)} written, "
@@ -410,4 +478,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

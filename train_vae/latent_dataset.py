@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +44,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "SAMPLE_SUFFIX",
+    "SAMPLE_PATTERN",
     "LatentDataset",
     "collate_latents",
     "sample_name",
@@ -55,9 +55,10 @@ __all__ = [
     "video_from_source",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest's ``identity`` and each sample's source_size / source_mtime
 MANIFEST_NAME = "manifest.json"
 SAMPLE_SUFFIX = ".safetensors"
+SAMPLE_PATTERN = re.compile(r".+-[0-9a-f]{8}-c[0-9]{3,}\.safetensors")  # the names ``sample_name`` gives
 REQUIRED_TENSORS = ("latents", "frame_indices", "crop", "scale_size", "flip")
 
 
@@ -147,7 +148,7 @@ def read_manifest(latent_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"cannot read {str(mpath)!r}: {e}") from e
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{str(mpath)!r} has format_version {manifest.get('format_version')!r}, "
-                         f"this code reads {FORMAT_VERSION}")
+                         f"this code reads {FORMAT_VERSION}: generate the latents again")
     return manifest
 
 
@@ -187,9 +188,9 @@ class LatentDataset(Dataset):
         if not samples:
             raise ValueError(f"latent folder {where!r} lists no samples in its {MANIFEST_NAME} "
                              f"(generation interrupted before the first sample?)")
-        if not m.get("complete", False):
-            warnings.warn(f"latent folder {where!r}: generation did not finish; using the "
-                          f"{len(samples)} samples written so far", stacklevel=2)
+        if not m.get("complete", False):  # never train on part of a cache without a word
+            raise ValueError(f"latent folder {where!r} is incomplete: generation stopped after {len(samples)} "
+                             f"samples; run the same generate_latents.py command (or training) again to finish it")
         self.num_frames = int(m["num_frames"])
         self.resolution = tuple(int(v) for v in m["resolution"])
         self.latent_shape = tuple(int(v) for v in m["latent_shape"])

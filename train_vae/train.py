@@ -20,14 +20,20 @@ Outputs in OUTPUT_DIR: ``student/`` (EMA weights, ``models.config.load_student``
 """
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:  # run as a script: import this checkout, not train_vae/*.py as top level
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
 import argparse
 import contextlib
 import copy
 import json
 import math
-import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +45,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from models.config import build_student, has_teacher, is_derived, load_config, load_teacher, teacher_config_of
+from models.cli import ArgumentParser, UserError, check_dir, check_writable_dir, run, user_errors
+from models.config import (build_student, check_clip_fits, has_teacher, is_derived, load_config, load_teacher,
+                           teacher_config_of, teacher_is_causal)
+from models.files import atomic_dir, atomic_write, folder_problem
 from models.student import StudentDecoder
 from train_vae.data import VideoDataset, VideoIndex, collate_videos, make_procedural_clips, split_files
 from train_vae.losses import (DistillationLoss, LossSchedule, PatchDiscriminator3d, ReconstructionLoss,
@@ -138,15 +147,9 @@ def micro_batches(dataset, batch_size: int, seed: int, start: int, rank: int = 0
         epoch, offset = epoch + 1, 0
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ---- settings ------------------------------------------------------------------------------------
 def parse_args(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="taef2", help="config name (configs/NAME.yaml) or path")
     for key, default in DEFAULTS.items():
         if key in ("adam_betas", "phases"):  # lists: the config's train: section only
@@ -161,6 +164,7 @@ def parse_args(argv=None) -> dict:
             kind = float if key == "disc_lr" else int
         ap.add_argument(f"--{key}", type=kind, default=None, help=f"default: {default} (or the config's train: value)")
     args = vars(ap.parse_args(argv))
+    args.pop("debug")  # read by models.cli.run, not a training setting
     cfg = load_config(args.pop("config"))
     given = {k: v for k, v in args.items() if v is not None}
     settings = {**DEFAULTS, **cfg.get("train", {}), **given}
@@ -182,6 +186,9 @@ def parse_args(argv=None) -> dict:
     settings["adam_betas"] = tuple(settings["adam_betas"])
     settings["num_frames"] = settings["num_frames"] or cfg["num_frames"]
     settings["output_dir"] = settings["output_dir"] or f"outputs/{cfg['name']}"
+    for key in ("output_dir", "data_dir", "latents_dir"):  # from where the command was given (train.sh keeps it)
+        if settings[key]:
+            settings[key] = str(Path(settings[key]).expanduser().resolve())
     if settings["cache_latents"] and not settings["latents_dir"]:  # the config asks for a latent cache
         settings["latents_dir"] = str(Path(settings["output_dir"]) / "latents")
     if settings["disc_start"] is None:
@@ -189,6 +196,77 @@ def parse_args(argv=None) -> dict:
     if settings["report_to"] not in ("wandb", "none"):
         raise ValueError(f"--report_to must be 'wandb' or 'none', got {settings['report_to']!r}")
     return {"cfg": cfg, **settings}
+
+
+def check_settings(s: dict) -> None:
+    """Every check that needs no teacher, no video decoding and no cache, so a bad request fails in a moment with
+    one UserError naming the value, what is expected and how to fix it: the config has a teacher, counts are
+    positive, the clip size fits the teacher, the crops fit the clip, folders exist or can be written."""
+    cfg = s["cfg"]
+    if not has_teacher(cfg):
+        raise UserError(f"config {cfg['name']} has no public teacher to distill from ({cfg['teacher'].get('note', '')}); "
+                        f"pick another --config")
+    for key in ("max_steps", "batch_size", "grad_accum", "num_holdout", "clips_per_video", "frame_stride",
+                "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if int(s[key]) < 1:
+            raise UserError(f"--{key} {s[key]}: must be >= 1")
+    if s["lr_schedule"] not in ("constant", "cosine"):
+        raise UserError(f"--lr_schedule {s['lr_schedule']}: must be constant or cosine")
+    with user_errors():
+        check_clip_fits(cfg, s["num_frames"], s["resolution"], s["resolution"])
+    _, ch, _ = cfg["compression"]
+    if s["train_crop"] and (s["train_crop"] % ch or s["train_crop"] > s["resolution"]):
+        raise UserError(f"--train_crop {s['train_crop']} must be a multiple of {ch} and at most the clip size "
+                        f"{s['resolution']}; e.g. {max(ch, min(s['resolution'], s['train_crop']) // ch * ch)}, or 0 for none")
+    if s["train_frames"] and teacher_is_causal(cfg):
+        raise UserError(f"--train_frames {s['train_frames']}: needs a non-causal teacher (frame-wise or 4k-frame "
+                        f"VAEs), and config {cfg['name']}'s is causal; use --train_frames 0")
+    if s["data_dir"] is not None:
+        check_dir(s["data_dir"], "--data_dir", "video folder")
+    check_writable_dir(s["output_dir"], "--output_dir")
+    if s["latents_dir"]:
+        check_writable_dir(s["latents_dir"], "--latents_dir")
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def checkpoint_problem(folder: Path) -> str | None:
+    """None for an intact checkpoint folder, else ``"<file>: <what is wrong>"`` (a truncated or missing file)."""
+    return folder_problem(folder, required=("settings.json", "student/config.json"))
+
+
+def find_checkpoint(ckpt_dir: Path, which: str) -> Path:
+    """The checkpoint folder ``--resume`` names, checked before anything is loaded. ``latest``: the one
+    ``checkpoints/latest`` points at, or, when that one is damaged or gone, the newest intact older one (with a
+    warning naming the damaged file). A folder: that one, intact. UserError otherwise, saying what to pass."""
+    if which != "latest":
+        path = Path(which).expanduser().resolve()
+        if not path.is_dir():
+            raise UserError(f"--resume {which}: no such checkpoint folder; pass 'latest' or a folder such as "
+                            f"{ckpt_dir / 'step_000500'}")
+        problem = checkpoint_problem(path)
+        if problem:
+            raise UserError(f"--resume {which}: the checkpoint is damaged ({problem}); pass another one "
+                            f"(--resume latest takes the newest intact one)")
+        return path
+    pointer = ckpt_dir / "latest"
+    named = ckpt_dir / pointer.read_text().strip() if pointer.is_file() else None
+    found = sorted((p for p in ckpt_dir.glob("step_*") if p.is_dir()), reverse=True) if ckpt_dir.is_dir() else []
+    order = ([named] if named is not None else []) + [p for p in found if p != named]
+    if not order:
+        raise UserError(f"--resume latest: no checkpoint in {ckpt_dir}, nothing to resume; leave out --resume to "
+                        f"start a new run, or pass the --output_dir of the run to resume")
+    damaged = []
+    for path in order:
+        problem = "missing" if not path.is_dir() else checkpoint_problem(path)
+        if problem is None:
+            if damaged:
+                print(f"warning: --resume latest: {damaged[0]}; resuming from {path.name}, the newest intact "
+                      f"checkpoint", file=sys.stderr, flush=True)
+            return path
+        damaged.append(f"checkpoint {path.name} is damaged ({problem})" if problem != "missing"
+                       else f"checkpoint {path.name} named by {pointer} is missing")
+    raise UserError(f"--resume latest: no intact checkpoint in {ckpt_dir} ({'; '.join(damaged)}); leave out "
+                    f"--resume to start again")
 
 
 # ---- data for validation and derivation ----------------------------------------------------------
@@ -228,15 +306,15 @@ def calibration_latents(dataset, teacher, samples: int, frames: int | None, seed
 # ---- the trainer ---------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, s: dict, accelerator: Accelerator | None = None):
+        check_settings(s)  # a bad request fails here, before the teacher, the data or the cache are touched
         self.s = s
         self.cfg = s["cfg"]
-        if not has_teacher(self.cfg):
-            raise ValueError(f"config {self.cfg['name']} has no public teacher to distill from")
         # the schedule counts optimizer steps: by default accelerate would step it once per process per step
         # (an 8-process run would reach the end of its cosine after 1/8 of max_steps)
         self.acc = accelerator or Accelerator(mixed_precision=s["mixed_precision"], step_scheduler_with_optimizer=False)
         self.out = Path(s["output_dir"])
         self.ckpt_dir = self.out / "checkpoints"
+        self.resume_from = find_checkpoint(self.ckpt_dir, s["resume"]) if s["resume"] else None
         if self.acc.is_main_process:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         set_seed(s["seed"])
@@ -245,6 +323,7 @@ class Trainer:
         self.weights = (LossSchedule(s["phases"], s["max_steps"], s["phase_ramp"]) if s["phases"] else
                         LossSchedule.fixed(s["max_steps"], s["lpips_weight"], s["distill_weight"], s["disc_weight"],
                                            s["disc_start"]))
+        self.index = self._index_data()
         self.teacher = load_teacher(self.cfg).to(self.device)
         self._setup_data()
         student = self._make_student().to(self.device)  # a Turbo-VAED student picks its fast CPU layout itself
@@ -276,24 +355,34 @@ class Trainer:
         self.history: list[dict] = []
 
     # -- data
-    def _setup_data(self) -> None:
+    def _index_data(self) -> VideoIndex:
+        """Index the video folder and split it into training and held-out files (before the teacher is loaded:
+        an empty or too small folder is a user error)."""
         s = self.s
         data_dir = s["data_dir"]
         if data_dir is None:
-            raise ValueError("--data_dir is required (train.sh picks a demo folder when none is given)")
-        index = VideoIndex(data_dir, num_frames=s["num_frames"], frame_stride=s["frame_stride"])
+            raise UserError("--data_dir is required (train.sh picks a demo folder when none is given)")
+        with user_errors():
+            index = VideoIndex(data_dir, num_frames=s["num_frames"], frame_stride=s["frame_stride"])
         if len(index.entries) <= s["num_holdout"]:
-            raise ValueError(f"{data_dir}: {len(index.entries)} usable clips, need more than --num_holdout "
-                             f"{s['num_holdout']} to hold some out for validation")
+            raise UserError(f"--data_dir {data_dir}: {len(index.entries)} usable clips, need more than --num_holdout "
+                            f"{s['num_holdout']} to hold some out for validation; add videos or lower --num_holdout")
         self.train_files, self.holdout_files = split_files(index, s["num_holdout"], s["seed"])
+        return index
+
+    def _setup_data(self) -> None:
+        """The training set (the latent cache, built, finished or rebuilt as it needs, or videos encoded on the
+        fly) and the held-out windows with their teacher latents and PSNR."""
+        s, index, data_dir = self.s, self.index, self.s["data_dir"]
         if s["latents_dir"]:
             from train_vae.generate_latents import generate_latents
             from train_vae.latent_dataset import LatentDataset, collate_latents
             latents_dir = Path(s["latents_dir"])
-            if self.acc.is_main_process and not (latents_dir / "manifest.json").is_file():
+            if self.acc.is_main_process:  # a cache of other data, teacher or settings is rebuilt, a partial one finished
                 generate_latents(self.cfg, data_dir, latents_dir, num_frames=s["num_frames"],
                                  resolution=s["resolution"], clips_per_video=s["clips_per_video"], seed=s["seed"],
-                                 files=self.train_files, store_frames=True, teacher=self.teacher)
+                                 files=self.train_files, store_frames=True, teacher=self.teacher, rebuild_stale=True,
+                                 frame_stride=s["frame_stride"])
             self.acc.wait_for_everyone()
             self.train_set, self.collate = LatentDataset(latents_dir, data_dir), collate_latents
         else:
@@ -347,7 +436,7 @@ class Trainer:
             return build_student(self.cfg)
         from models.derived import DerivedStudent, derive, student_kwargs
         if self.s["resume"]:
-            folder = self.checkpoint_to_resume() / "student"
+            folder = self.resume_from / "student"
             return DerivedStudent.from_config(DerivedStudent.load_config(str(folder)))
         s = self.s
         latents = calibration_latents(self.train_set, self.teacher, s["calibration_samples"], s["calibration_frames"],
@@ -359,8 +448,9 @@ class Trainer:
         self.derivation = {**report.summary(), "calibration_latents": list(latents.shape),
                            "seconds": round(time.time() - t0, 1)}
         if self.acc.is_main_process:
-            student.save_pretrained(self.out / "derived")
-            _atomic_write(self.out / "derived" / "derivation.json", json.dumps(self.derivation, indent=1))
+            with atomic_dir(self.out / "derived") as tmp:
+                student.save_pretrained(tmp)
+                atomic_write(tmp / "derivation.json", json.dumps(self.derivation, indent=1))
         return student
 
     def _build_distillation(self, student: StudentDecoder) -> DistillationLoss:
@@ -381,10 +471,8 @@ class Trainer:
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
-            if s["lr_schedule"] == "cosine":
+            if s["lr_schedule"] == "cosine":  # else constant (check_settings allows no other)
                 return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-            if s["lr_schedule"] != "constant":
-                raise ValueError(f"--lr_schedule must be constant or cosine, got {s['lr_schedule']!r}")
             return 1.0
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -484,38 +572,24 @@ class Trainer:
         acc.save_state(str(tmp), safe_serialization=False)
         if acc.is_main_process:
             self.ema_student().save_pretrained(tmp / "student")
-            _atomic_write(tmp / "settings.json", json.dumps(_jsonable(self.s), indent=1))
+            atomic_write(tmp / "settings.json", json.dumps(_jsonable(self.s), indent=1))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _atomic_write(self.ckpt_dir / "latest", name)
+            atomic_write(self.ckpt_dir / "latest", name)
             done = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
             for old in done[: max(0, len(done) - self.s["keep_checkpoints"])]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
         return final
 
-    def checkpoint_to_resume(self) -> Path:
-        """The checkpoint folder ``--resume`` names ("latest": the one ``checkpoints/latest`` points at)."""
-        which = self.s["resume"]
-        if which == "latest":
-            pointer = self.ckpt_dir / "latest"
-            if not pointer.is_file():
-                raise FileNotFoundError(f"--resume latest: no checkpoint in {self.ckpt_dir}")
-            path = self.ckpt_dir / pointer.read_text().strip()
-        else:
-            path = Path(which)
-        if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return path
-
     def resume(self) -> None:
-        self.acc.load_state(str(self.checkpoint_to_resume()))
+        self.acc.load_state(str(self.resume_from))
         if self.log_path.is_file():  # keep the log consistent with the restored step
             rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r["step"] <= self.progress.step]
             if self.acc.is_main_process:
-                _atomic_write(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
+                atomic_write(self.log_path, "".join(json.dumps(r) + "\n" for r in self.history))
             if self.history:  # wall time goes on from where the interrupted run stopped
                 self.t_start = time.time() - self.history[-1].get("elapsed_s", 0.0)
 
@@ -583,7 +657,8 @@ class Trainer:
         if getattr(self, "derivation", None):
             result["derivation"] = self.derivation
         if self.acc.is_main_process:
-            model.save_pretrained(self.out / "student")
+            with atomic_dir(self.out / "student") as tmp:  # a kill while saving keeps the previous student/ whole
+                model.save_pretrained(tmp)
             lpips = LPIPS("alex").to(self.device)
             per_clip = {}
             with torch.no_grad():
@@ -598,7 +673,7 @@ class Trainer:
                                   for f, t, st in zip(self.val_clips, per_clip["teacher"].tolist(),
                                                       per_clip["student"].tolist())]
             result["wall_s"] = round(time.time() - self.t_start, 1)
-            _atomic_write(self.out / "final_metrics.json", json.dumps(result, indent=1))
+            atomic_write(self.out / "final_metrics.json", json.dumps(result, indent=1))
             if self.wandb is not None:
                 self.wandb.summary.update(result)
                 self.wandb.finish()
@@ -632,7 +707,11 @@ def demo_data_dir(output_dir: str) -> str:
 
 
 def main(argv=None) -> dict:
-    s = parse_args(argv)
+    """Train from the command line ``argv``. A user error (bad flag value, missing folder, nothing to resume, ...)
+    raises UserError before the teacher is loaded; ``run(main)`` prints it as one line with exit code 2."""
+    with user_errors():
+        s = parse_args(argv)
+    check_settings(s)  # before the demo's procedural clips are made (Trainer checks again, for callers in Python)
     if s["data_dir"] is None:
         s["data_dir"] = demo_data_dir(s["output_dir"])
     trainer = Trainer(s)
@@ -643,4 +722,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Clip", "load_student", "list_clips", "window_starts", "load_clip",
+    "Clip", "load_student", "check_request", "list_clips", "window_starts", "load_clip",
     "read_clip_frames", "resize_crop_video", "check_geometry", "latent_frames_for", "summarize",
     "markdown_table", "main",
 ]
@@ -87,6 +87,30 @@ def load_student(path_or_teacher: str | os.PathLike, cfg: dict, teacher: torch.n
             teacher = load_teacher(cfg)
         return teacher.to(device).eval()
     return load_trained(cfg, path_or_teacher).to(device)
+
+
+def check_request(config: str, student: str, data: str | os.PathLike, num_frames: int | None,
+                  resolution: int | None) -> tuple[dict, torch.nn.Module | None, int]:
+    """Everything about an evaluation request that needs no teacher, checked before it is loaded: the config
+    (with a teacher), the clip size it can encode, the data path, and the student, loaded and checked against the
+    config's latent space (a student of another config is named as such). Returns (config, trained student or
+    None for ``--student teacher``, frames per clip). UserError with one message otherwise."""
+    from models.cli import UserError, user_errors
+    from models.config import check_clip_fits, has_teacher, load_config, load_student as load_trained
+
+    with user_errors():
+        cfg = load_config(config)
+        if not has_teacher(cfg):
+            raise UserError(f"--config {config}: has no public teacher to compare with; pick another config")
+        frames = num_frames or int(cfg["num_frames"])
+        _, ch, cw = cfg["compression"]
+        size = resolution or max(ch, cw)  # None: the frame's own size, cropped to multiples (validation_videos)
+        check_clip_fits(cfg, frames, size, size)
+        if not Path(data).expanduser().exists():
+            raise UserError(f"--data_dir {data}: no such video file or folder (relative paths start from "
+                            f"{os.getcwd()})")
+        trained = None if str(student).strip().lower() == "teacher" else load_trained(cfg, student)
+    return cfg, trained, frames
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,8 +358,9 @@ def _all_gather(obj, d: _Dist) -> list:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="PSNR/SSIM/LPIPS/rFVD of a Turbo-VAED student vs its teacher "
-                                            "(run with torchrun for several processes)")
+    from models.cli import ArgumentParser
+    p = ArgumentParser(description="PSNR/SSIM/LPIPS/rFVD of a Turbo-VAED student vs its teacher "
+                                   "(run with torchrun for several processes)")
     p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
     p.add_argument("--student", required=True,
                    help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
@@ -404,7 +429,8 @@ def _evaluate(clips: list[Clip], args, teacher, student, lpips, i3d, device, sho
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Run the evaluation; returns the result dict on rank 0 (None on other ranks)."""
+    """Run the evaluation; returns the result dict on rank 0 (None on other ranks). A bad request (config,
+    student, data, sizes, --output) raises UserError before the teacher is loaded (``run(main)``: exit code 2)."""
     args = build_parser().parse_args(argv)
     threads = torch.get_num_threads()
     if args.threads is not None:
@@ -416,21 +442,30 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
 
 def _run(args: argparse.Namespace) -> dict | None:
+    from models.cli import UserError, check_output_file, user_errors
+
+    cfg, trained, _ = check_request(args.config, args.student, args.data_dir, args.num_frames, args.resolution)
+    check_output_file(args.output, "--output")
+    if args.fvd_weights and not Path(args.fvd_weights).expanduser().is_file():
+        raise UserError(f"--fvd_weights {args.fvd_weights}: no such file; leave it out to use the registry's I3D")
+    for flag in ("max_clips", "clips_per_video"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    with user_errors():  # indexing the videos is cheaper than loading a large teacher: first
+        clips = list_clips(args.data_dir, args.num_frames, args.clips_per_video, args.max_clips)
+    if not clips:
+        raise UserError(f"--data_dir {args.data_dir}: no clips found")
     d, device = _setup_dist(args.device)
     t0 = time.time()
     try:
-        from models.config import load_config, load_teacher
+        from models.config import load_teacher
         from train_vae.i3d import I3DFeatureExtractor
         from train_vae.lpips import LPIPS
 
-        cfg = load_config(args.config)
         teacher = load_teacher(cfg).to(device).eval()
-        student = load_student(args.student, cfg, teacher=teacher, device=device)
+        student = teacher if trained is None else trained.to(device)
         same = student is teacher
         check_geometry(teacher, student, args.num_frames, args.resolution, args.resolution)
-        clips = list_clips(args.data_dir, args.num_frames, args.clips_per_video, args.max_clips)
-        if not clips:
-            raise ValueError(f"no clips found in {args.data_dir!r}")
         mine = clips[d.rank::d.world]
         lpips = LPIPS(net="alex").to(device)
         i3d = I3DFeatureExtractor(args.fvd_weights).to(device) if args.num_frames >= I3D_MIN_FRAMES else None
@@ -486,12 +521,10 @@ def _run(args: argparse.Namespace) -> dict | None:
             "clips": rows,
             "skipped": skipped,
         }
+        from models.files import atomic_write
         out = Path(args.output)
-        if out.parent != Path(""):
-            out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, json.dumps(result, indent=2))
         print(markdown_table(result))
         print(f"wrote {out} ({result['n_clips']} clips, {d.world} process(es), {result['wall_s']:.1f} s)")
     if d.initialized:
@@ -502,4 +535,5 @@ def _run(args: argparse.Namespace) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    from models.cli import run
+    sys.exit(run(main))

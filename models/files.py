@@ -1,0 +1,102 @@
+"""Writing files and folders atomically, and telling an intact file from a truncated or corrupt one.
+
+One home for both, shared by every entry point: a run killed at any moment leaves either the old or the
+new version of what it was writing, never half of one, and a file that is half there anyway (copied
+partly, truncated by a full disk) is named with what is wrong with it before anything tries to load it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_write", "atomic_dir", "file_problem", "folder_problem"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through ``.<name>.<pid>.tmp`` in the same folder, fsync'd, then renamed into
+    place: readers see the old file or the whole new one. The pid in the name lets a later run tell the leftovers
+    of a dead writer from those of a live one (``generate_latents.clean_stale_tmp``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_dir(out / "student") as tmp: model.save_pretrained(tmp)``: the folder is written as
+    ``.<name>.tmp`` next to ``path`` and replaces ``path`` only when the block finishes; an exception (or a
+    kill) leaves ``path`` as it was. The old folder is removed just before the rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """None when ``path`` reads as what its extension says, else what is wrong, in words. Cheap: it reads
+    the index of the file (zip central directory of torch files, safetensors header and size), not its data.
+    Torch checkpoints (``.bin .pt .pth .pkl`` written by ``torch.save``) are zip archives whose directory sits
+    at the end of the file, so a truncated one has none."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes)"
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        elif suffix in (".bin", ".pt", ".pth", ".pkl"):
+            if not zipfile.is_zipfile(path):
+                return f"not a complete torch file ({size} bytes, no zip directory at its end: truncated?)"
+            with zipfile.ZipFile(path) as z:
+                z.infolist()
+        elif suffix == ".json":
+            json.loads(path.read_text())
+    except Exception as e:  # noqa: BLE001 - any failure to read the index is the answer
+        reason = " ".join(str(e).split())[:160]
+        return f"unreadable ({type(e).__name__}: {reason}; truncated or not a {suffix[1:]} file?)"
+    return None
+
+
+def folder_problem(folder: str | os.PathLike, required: tuple[str, ...] = ()) -> str | None:
+    """None when every file under ``folder`` passes ``file_problem`` and the ``required`` relative paths exist;
+    else ``"<file>: <problem>"`` for the first bad one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: not a folder"
+    for rel in required:
+        if not (folder / rel).is_file():
+            return f"{folder / rel}: missing"
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            problem = file_problem(p)
+            if problem:
+                return f"{p}: {problem}"
+    return None
