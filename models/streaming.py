@@ -10,9 +10,13 @@ video tensors (B, C, T, H, W) that arrive in order along T:
     answers ``back`` frames late and a causal one (``back = 0``) at once: a per-layer cache with lookahead;
   * ``Residual(main, skip)``: ``main(x) + skip(x)``, the skip frames waiting in a queue for the delayed main path;
   * ``Trim(n)``: drops the first ``n`` frames of the stream (causal temporal upsamplers);
-  * ``Chain(stages)``.
-Memory is that of one chunk plus ``k - 1`` frames per temporal conv: bounded in the clip length, whatever the
-receptive field (20 latent frames for the LTX student: a halo of recomputed frames would be the whole clip).
+  * ``Chain(stages)``: runs the stages in order, cutting what a stage returns into pieces of at most
+    ``MAX_FRAMES`` frames for the stages after it.
+Memory is that of one piece per stage plus ``k - 1`` frames per temporal conv: bounded in the clip length,
+whatever the receptive field (20 latent frames for the LTX student: a halo of recomputed frames would be the
+whole clip). The cut matters at the clip's end, where every conv hands over the frames it held back, so the
+last stages would otherwise see a receptive field's worth of frames at once. A non-causal student answers
+once the chunks fed have passed its receptive field; a causal one at once.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 Tensor = torch.Tensor
+MAX_FRAMES = 16  # frames of one piece between the stages of a Chain
 
 
 class Stream:
@@ -103,14 +108,21 @@ class Trim(Stream):
 
 class Chain(Stream):
     def __init__(self, stages: Sequence[Stream]):
-        self.stages = list(stages)
+        self.stages = [s for stage in stages for s in (stage.stages if isinstance(stage, Chain) else [stage])]
 
     def push(self, x, last):
-        for stage in self.stages:
-            x = stage.push(x, last)
-            if x is None and not last:
-                return None
-        return x
+        return self._run(0, x, last)
+
+    def _run(self, i: int, x: Tensor | None, last: bool) -> Tensor | None:
+        if i == len(self.stages):
+            return x
+        y = self.stages[i].push(x, last)
+        if y is None:
+            return self._run(i + 1, None, True) if last else None
+        pieces = y.split(MAX_FRAMES, dim=2)
+        outs = [self._run(i + 1, p, last and j == len(pieces) - 1) for j, p in enumerate(pieces)]
+        outs = [o for o in outs if o is not None]
+        return None if not outs else outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 class StudentStream:
