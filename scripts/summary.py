@@ -1,8 +1,9 @@
 """Print, for every config, teacher and student decoder parameters and multiply-accumulates, their ratios,
 latent channels and compression. MACs are counted on the meta device (no weights, no compute) for one decode
-of ``--frames`` x ``--resolution`` (default 17 x 256 x 256; the next producible size for 32x students).
+of ``--frames`` x ``--resolution`` (default 17 x 256 x 256), or of the next size the student produces (20 frames
+for a 4x student without a first frame alone; a multiple of 32 pixels for 32x students): the ``decode`` column.
 ``--json`` prints a JSON list with keys config, teacher, student_type, teacher_decoder_params,
-student_decoder_params, ratio, teacher_gmacs, student_gmacs, mac_ratio, latent_channels, compression."""
+student_decoder_params, ratio, decode, teacher_gmacs, student_gmacs, mac_ratio, latent_channels, compression."""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,10 @@ def summarize(names: list[str], frames: int = 17, height: int = 256, width: int 
         if tuple(student.compression) != tuple(cfg["compression"]):
             raise ValueError(f"{name}: student compression {student.compression} != config {cfg['compression']}")
         _, ch, cw = student.compression
-        shape = student.latent_shape_for(frames, -(-height // ch) * ch, -(-width // cw) * cw)
+        latent_t = 1
+        while student.num_output_frames(latent_t) < frames:  # the next frame count the student produces
+            latent_t += 1
+        shape = student.latent_shape_for(student.num_output_frames(latent_t), -(-height // ch) * ch, -(-width // cw) * cw)
         z = torch.zeros(shape, device="meta")
         s_macs = count_macs(meta_copy(student).decode, z) / 1e9
         t_macs = teacher_gmacs(cfg, z)
@@ -54,7 +58,8 @@ def summarize(names: list[str], frames: int = 17, height: int = 256, width: int 
                      "student_type": "derived" if is_derived(cfg) else "turbo-vaed", "teacher_decoder_params": t,
                      "student_decoder_params": s, "ratio": s / t, "teacher_gmacs": t_macs, "student_gmacs": s_macs,
                      "mac_ratio": None if t_macs is None else t_macs / s_macs, "latent_channels": cfg["latent_channels"],
-                     "compression": list(cfg["compression"])})
+                     "compression": list(cfg["compression"]),
+                     "decode": [student.num_output_frames(latent_t), shape[-2] * ch, shape[-1] * cw]})
     return rows
 
 
@@ -71,14 +76,14 @@ def main(argv=None):
         print(json.dumps(rows, indent=2))
         return
     print(f"MACs: one decode of {args.frames} x {h} x {w} (diffusers' default decode for teachers)\n")
-    print("| config | student | teacher | teacher decoder | student decoder | student/teacher | teacher GMACs "
+    print("| config | student | teacher | teacher decoder | student decoder | student/teacher | decode | teacher GMACs "
           "| student GMACs | MAC ratio | latent ch | compression |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tm = "-" if r["teacher_gmacs"] is None else f"{r['teacher_gmacs']:,.0f}"
         mr = "-" if r["mac_ratio"] is None else f"{r['mac_ratio']:.1f}x"
         print(f"| {r['config']} | {r['student_type']} | {r['teacher']} | {r['teacher_decoder_params'] / 1e6:.1f}M | "
-              f"{r['student_decoder_params'] / 1e6:.2f}M | {100 * r['ratio']:.1f}% | {tm} | {r['student_gmacs']:,.1f} | "
+              f"{r['student_decoder_params'] / 1e6:.2f}M | {100 * r['ratio']:.1f}% | {'x'.join(map(str, r['decode']))} | {tm} | {r['student_gmacs']:,.1f} | "
               f"{mr} | {r['latent_channels']} | {'x'.join(map(str, r['compression']))} |")
 
 

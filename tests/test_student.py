@@ -313,3 +313,24 @@ def test_output_norm_switch_keeps_weights_and_pixel_magnitude():
     assert torch.equal(x, x0)  # the block output is not overwritten in place
     z = torch.randn(1, 32, 3, 2, 2)
     assert without(z).shape == with_norm(z).shape == (1, 3, 3, 16, 16)
+
+
+def test_summary_counts_every_config_at_a_size_its_student_produces():
+    """scripts/summary.py: one row per config, MACs of a decode the student can make (20 frames for a t*4 student
+    asked for 17), the exact parameter counts, and students cheaper than their teachers."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "scripts" / "summary.py"
+    spec = importlib.util.spec_from_file_location("_test_summary", path)
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    rows = {r["config"]: r for r in summary.summarize(config_names())}
+    assert set(rows) == set(config_names())
+    for name, r in rows.items():
+        student = meta_student(name)
+        assert r["decode"][0] in (17, 20) and r["decode"][0] == student.num_output_frames(
+            student.latent_shape_for(*r["decode"])[2])
+        assert r["student_decoder_params"] == n_params(student)
+        if r["mac_ratio"] is not None:
+            assert r["mac_ratio"] > 1 and r["ratio"] < 1, name
+    assert rows["flash_taef2"]["student_decoder_params"] == 462_931 and rows["flash_taef2"]["ratio"] <= 0.35

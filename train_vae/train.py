@@ -456,7 +456,7 @@ class Trainer:
         return totals
 
     def _check_finite(self, losses: dict) -> None:
-        bad = {k: float(v) for k, v in losses.items() if torch.is_tensor(v) and not torch.isfinite(v).all()}
+        bad = {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and not torch.isfinite(v).all()}
         if bad:
             raise FloatingPointError(
                 f"non-finite loss at step {self.progress.step}: {bad}. Training stopped before this step's "
