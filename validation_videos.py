@@ -9,7 +9,8 @@ For every video (one centred window of ``num_frames`` frames each) it writes
   * ``OUTPUT_DIR/<clip name>.png``: a contact sheet of a few frames (rows ground truth, teacher,
     student, labelled with their PSNR);
   * ``OUTPUT_DIR/summary.md`` and ``summary.json``: per-clip PSNR (and SSIM) of teacher and student,
-    also printed.
+    also printed. ``--compare_dtype bf16`` (or fp16) also decodes with a copy of the student in that dtype and
+    reports its PSNR against the float32 student decode (``student_bf16_vs_fp32_psnr``) and the ground truth.
 
 Clip names are the file stems; files that share a stem (``a/clip.mp4``, ``b/clip.mp4``) are named after
 their relative paths (``a__clip``, ``b__clip``), so no output overwrites another.
@@ -20,12 +21,14 @@ centre-crops each side down to a multiple of the spatial compression (e.g. 1280x
 
 Memory stays bounded at 720p and above: frame-wise teachers (TAEF2) encode and decode a few frames
 at a time (exact, since they work per frame); diffusers teachers use their own ``enable_tiling``; the
-student decodes in overlapping spatial tiles (and temporal tiles for long clips) blended with linear
-ramps (``models.tiling.tiled_decode``) when a frame exceeds ``--tile_pixels``^2 pixels.
+student decodes as a stream of temporal chunks (``StudentDecoder.decode``: exact, memory bounded in the clip
+length) and, when a frame exceeds ``--tile_pixels``^2 pixels, in overlapping spatial tiles blended with
+linear ramps (``models.tiling.tiled_decode``).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import time
@@ -41,6 +44,8 @@ from models.tiling import default_tiles, tiled_decode
 from models.cli import ArgumentParser, UserError, check_writable_dir, run, user_errors
 from train_vae.validation_metrics import (check_geometry, check_request, list_clips, read_clip_frames,
                                           resize_crop_video)
+
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 __all__ = ["clip_names", "output_size", "encode_bounded", "decode_teacher", "decode_student", "write_video",
            "contact_sheet", "main"]
@@ -153,21 +158,15 @@ def decode_teacher(teacher, latents: torch.Tensor, chunk_pixels: int = 17 * 256 
 
 @torch.no_grad()
 def decode_student(student, latents: torch.Tensor, tile_pixels: int = 512, overlap_pixels: int = 128,
-                   tile_frames: int = 33, overlap_frames: int = 8, progress=None) -> torch.Tensor:
-    """Student decode; in overlapping tiles when a frame has more than ``tile_pixels``^2 pixels or the
-    clip more than ``tile_frames`` frames."""
-    _, _, t, lh, lw = latents.shape
-    ct, ch, cw = student.compression
-    frames = student.num_output_frames(t)
-    causal = student.num_output_frames(1) == 1  # the first latent frame decodes to one frame
-    spatial = lh * ch * lw * cw > tile_pixels ** 2
-    temporal = frames > tile_frames
-    if not (spatial or temporal):
+                   progress=None) -> torch.Tensor:
+    """Student decode, streamed in time (exact); in overlapping spatial tiles when a frame has more than
+    ``tile_pixels``^2 pixels."""
+    _, _, _, lh, lw = latents.shape
+    _, ch, cw = student.compression
+    if lh * ch * lw * cw <= tile_pixels ** 2:
         return student.decode(latents)
-    tile, overlap = default_tiles(student.compression, tile_pixels, overlap_pixels,
-                                  tile_frames if temporal else None, overlap_frames)
-    if not spatial:
-        tile, overlap = (tile[0], None, None), (overlap[0], 0, 0)
+    tile, overlap = default_tiles(student.compression, tile_pixels, overlap_pixels)
+    causal = student.num_output_frames(1) == 1  # the first latent frame decodes to one frame
     return tiled_decode(student.decode, latents, student.compression, tile, overlap, causal=causal,
                         progress=progress)
 
@@ -248,6 +247,9 @@ def summary_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} | {r['width']}x{r['height']} | {r['num_frames']} | {r['teacher_psnr']:.2f} "
                      f"| {r['student_psnr']:.2f} | {r['student_psnr'] - r['teacher_psnr']:+.2f} "
                      f"| {r['teacher_ssim']:.4f} | {r['student_ssim']:.4f} |")
+    for key in sorted({k for r in rows for k in r if k.endswith("_vs_fp32_psnr")}):
+        values = ", ".join(f"{r['name']} {r[key]:.2f}" for r in rows)
+        lines.append(f"\n{key.replace('_', ' ')} (dB): mean {np.mean([r[key] for r in rows]):.2f}; {values}")
     if rows:
         mt = float(np.mean([r["teacher_psnr"] for r in rows]))
         ms = float(np.mean([r["student_psnr"] for r in rows]))
@@ -278,10 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_pixels", type=int, default=512,
                    help="student tiles (and the size above which teachers tile) in output pixels")
     p.add_argument("--tile_overlap", type=int, default=128, help="tile overlap in output pixels")
-    p.add_argument("--tile_frames", type=int, default=33, help="longer clips are also tiled in time")
     p.add_argument("--chunk_pixels", type=int, default=17 * 256 * 256,
                    help="frame-wise teachers encode/decode chunks of frames with at most this many pixels")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--compare_dtype", choices=sorted(HALF_DTYPES), default=None,
+                   help="also decode with the student in this dtype; report its PSNR against the float32 decode")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     return p
 
@@ -300,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 1")
     resolution = None if args.keep_size else (args.resolution or 256)
     cfg, trained, num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames, resolution)
+    if args.compare_dtype and trained is None:
+        raise UserError(f"--compare_dtype {args.compare_dtype} compares a student's decodes with its float32 ones; "
+                        "--student teacher has none: pass a trained student")
     out_dir = check_writable_dir(args.output_dir, "--output_dir")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -310,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     teacher = load_teacher(cfg).to(device).eval()
     student = teacher if trained is None else trained.to(device)
     same = student is teacher
+    half = None if args.compare_dtype is None else copy.deepcopy(student).to(HALF_DTYPES[args.compare_dtype])
     names = clip_names([c.path for c in clips])
     _, mh, mw = teacher.compression
 
@@ -327,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             z = encode_bounded(teacher, x, args.chunk_pixels, args.tile_pixels)
             rec_t = decode_teacher(teacher, z, args.chunk_pixels, args.tile_pixels,
                                    overlap_pixels=args.tile_overlap).float().clamp(-1, 1)
-            rec_s = rec_t if same else decode_student(student, z, args.tile_pixels, args.tile_overlap,
-                                                      args.tile_frames).float().clamp(-1, 1)
+            rec_s = rec_t if same else decode_student(student, z, args.tile_pixels,
+                                                      args.tile_overlap).float().clamp(-1, 1)
             xu = to_unit(x).double()
             m = {}
             for who, rec in (("teacher", rec_t), ("student", rec_s)):
@@ -336,6 +343,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 m[f"{who}_psnr"] = float(psnr(xu, ru)[0])
                 m[f"{who}_ssim"] = float(ssim(xu, ru)[0])
                 del ru
+            if half is not None:
+                rec_h = decode_student(half, z.to(half.dtype), args.tile_pixels, args.tile_overlap).float().clamp(-1, 1)
+                m[f"student_{args.compare_dtype}_psnr"] = float(psnr(xu, to_unit(rec_h).double())[0])
+                m[f"student_{args.compare_dtype}_vs_fp32_psnr"] = float(
+                    psnr(to_unit(rec_s).double(), to_unit(rec_h).double())[0])
+                del rec_h
             del xu
         gt, te, st = _to_uint8(x[0]), _to_uint8(rec_t[0]), _to_uint8(rec_s[0])
         del x, z, rec_t, rec_s

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .streaming import Chain, Frames, Residual, Stream, TemporalConv, Trim
+
 
 def _triple(k: int | tuple[int, int, int]) -> tuple[int, int, int]:
     return (k, k, k) if isinstance(k, int) else tuple(k)
@@ -195,6 +197,9 @@ class Conv3d(nn.Module):
         """``padded=True``: ``x`` already holds the temporal padding (see ``rms_silu``); ``add_to``: see ``conv``."""
         return conv(self.conv, x if padded else pad_time(x, *self.time_pad), add_to)
 
+    def stream(self) -> Stream:
+        return TemporalConv(lambda x: self(x, padded=True), *self.time_pad)
+
 
 class DepthwiseSeparableConv3d(nn.Module):
     """Paper Finding 1: depthwise k x k x k conv (one filter per channel), then a 1x1x1 pointwise conv."""
@@ -207,6 +212,9 @@ class DepthwiseSeparableConv3d(nn.Module):
 
     def forward(self, x: torch.Tensor, padded: bool = False, add_to: torch.Tensor | None = None) -> torch.Tensor:
         return conv(self.pointwise, self.depthwise(x, padded), add_to)
+
+    def stream(self) -> Stream:
+        return TemporalConv(lambda x: self(x, padded=True), *self.time_pad)
 
 
 class RMSNorm(nn.Module):
@@ -221,6 +229,8 @@ class RMSNorm(nn.Module):
         if eager_cpu(x):  # one fused reduction (about 3x faster on CPU than pow + mean), then eps + norm^2 / C
             norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
             return torch.rsqrt(torch.addcmul(norm.new_tensor(self.eps), norm, norm, value=1 / x.shape[1]))
+        if x.dtype in (torch.float16, torch.bfloat16):  # the mean square in float32: x^2 overflows fp16 from |x| = 256
+            return torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
         return torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)  # plain ops for export
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,10 +256,13 @@ class ChannelLayerNorm(nn.Module):
         if eager_cpu(x) and x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
             channels_innermost = x.permute(0, 2, 3, 4, 1)  # a contiguous (B, T, H, W, C) view
             return F.layer_norm(channels_innermost, (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 4, 1, 2, 3)
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):  # statistics in float32 (fp16 squares overflow)
+            x = x.float()
         mean = x.mean(dim=1, keepdim=True)
         var = (x - mean).pow(2).mean(dim=1, keepdim=True)
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        return ((x - mean) * torch.rsqrt(var + self.eps)).to(dtype) * self.weight.view(shape) + self.bias.view(shape)
 
 
 def rms_silu(norm: RMSNorm | None, x: torch.Tensor, time_pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
@@ -307,6 +320,12 @@ class ResBlock3d(nn.Module):
         if ws is None:
             return self.conv2(h, padded=True).add_(skip)
         return self.conv2(h, padded=True, add_to=skip)
+
+    def stream(self) -> Stream:
+        main = Chain([Frames(lambda x: rms_silu(self.norm1, x)), self.conv1.stream(),
+                      Frames(lambda x: rms_silu(self.norm2, x)), self.conv2.stream()])
+        skip = None if self.shortcut is None else (lambda x: conv(self.shortcut[1], self.shortcut[0](x)))
+        return Residual(main, skip)
 
 
 def channels_to_time(x: torch.Tensor, r_t: int) -> torch.Tensor:
@@ -413,6 +432,9 @@ class Upsampler3d(nn.Module):
         x = self.shuffle(self.conv(x))
         return x[:, :, self.trim:] if self.trim else x
 
+    def stream(self) -> Stream:
+        return Chain([self.conv.stream(), Frames(self.shuffle), Trim(self.trim)])
+
 
 class MidBlock3d(nn.Module):
     """``num_layers`` residual blocks at constant width (the lowest-resolution block)."""
@@ -427,6 +449,9 @@ class MidBlock3d(nn.Module):
         for resnet in self.resnets:
             x = resnet(x)
         return x
+
+    def stream(self) -> Stream:
+        return Chain([r.stream() for r in self.resnets])
 
 
 class UpBlock3d(nn.Module):
@@ -451,6 +476,10 @@ class UpBlock3d(nn.Module):
         for resnet in self.resnets:
             x = resnet(x)
         return x
+
+    def stream(self) -> Stream:
+        parts = [m.stream() for m in (self.conv_in, self.upsampler) if m is not None]
+        return Chain(parts + [r.stream() for r in self.resnets])
 
 
 class Upsampler2d(nn.Module):

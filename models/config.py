@@ -97,11 +97,16 @@ def resolve_student_dir(path: str | os.PathLike) -> Path:
         f"(training output or checkpoint folder){hint}")
 
 
+def student_classes() -> dict[str, type[StudentDecoder]]:
+    """The student decoder classes of this project by class name."""
+    from .derived import DerivedStudent
+    return {"TurboVAED": TurboVAED, "DerivedStudent": DerivedStudent}
+
+
 def student_class(folder: str | os.PathLike) -> type[StudentDecoder]:
     """The class a ``save_pretrained`` folder was written by (its config's ``_class_name``)."""
-    from .derived import DerivedStudent
     name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name", "TurboVAED")
-    classes = {"TurboVAED": TurboVAED, "DerivedStudent": DerivedStudent}
+    classes = student_classes()
     if name not in classes:
         raise ValueError(f"{folder} holds a {name}, not a student decoder of this project ({sorted(classes)})")
     return classes[name]

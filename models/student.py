@@ -16,6 +16,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from .blocks import SHUFFLES, Conv3d, MidBlock3d, RMSNorm, UpBlock3d, Upsampler2d, eager_cpu, rms_silu, workspace
+from .streaming import Chain, Frames, StudentStream
 
 BLOCK_NAMES = ("mid", "up0", "up1", "up2", "up3")
 
@@ -24,7 +25,40 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not match the model built from its config."""
 
 
-class StudentDecoder(ModelMixin, ConfigMixin):
+class StrictModelMixin(ModelMixin):
+    """``ModelMixin`` whose ``from_pretrained`` is strict (students here, ``models.pipeline_vae.PipelineVAE``)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As ``ModelMixin.from_pretrained``, but any missing, unexpected or mis-shaped tensor, or a config
+        setting the class does not take, raises ``CheckpointMismatchError`` naming expected and got, instead
+        of a warning."""
+        want_info = kwargs.pop("output_loading_info", False)
+        config_kwargs = {k: kwargs[k] for k in ("subfolder", "cache_dir", "revision", "local_files_only", "token")
+                         if k in kwargs}
+        config = cls.load_config(pretrained_model_name_or_path, **config_kwargs)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
+        if unknown:  # diffusers would warn and build the default instead, silently another model
+            raise CheckpointMismatchError(f"config of {pretrained_model_name_or_path} has settings this {cls.__name__} "
+                                          f"does not take: {unknown} (accepted: {sorted(accepted)})")
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        except (RuntimeError, ValueError) as e:
+            if "size mismatch" in str(e) or "missing" in str(e).lower() or "shape" in str(e).lower():
+                raise CheckpointMismatchError(f"checkpoint at {pretrained_model_name_or_path} does not match "
+                                              f"its config: {e}") from e
+            raise
+        problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+        problems = {k: v for k, v in problems.items() if v}
+        if problems:
+            raise CheckpointMismatchError(
+                f"checkpoint at {pretrained_model_name_or_path} does not match the model built from its config: "
+                + "; ".join(f"{k}: {v}" for k, v in problems.items()))
+        return (model, info) if want_info else model
+
+
+class StudentDecoder(StrictModelMixin, ConfigMixin):
     """What every student decoder of this project offers (``TurboVAED``, ``models.derived.DerivedStudent``):
     ``forward(latents, return_features=())``, ``decode``, the geometry below (from ``compression`` and
     ``num_output_frames``), input checks, and strict ``from_pretrained``."""
@@ -67,38 +101,39 @@ class StudentDecoder(ModelMixin, ConfigMixin):
         if min(latents.shape[2:]) < 1:
             raise ValueError(f"latents have an empty dimension: shape {tuple(latents.shape)}")
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, T', H', W') latents -> (B, 3, T, H, W) video in about [-1, 1]."""
-        return self.forward(latents)
+    def stream(self) -> StudentStream:
+        """A fresh decode state for one clip (``models.streaming``)."""
+        raise NotImplementedError
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """As ``ModelMixin.from_pretrained``, but any missing, unexpected or mis-shaped tensor, or a config
-        setting the class does not take, raises ``CheckpointMismatchError`` naming expected and got, instead
-        of a warning."""
-        want_info = kwargs.pop("output_loading_info", False)
-        config_kwargs = {k: kwargs[k] for k in ("subfolder", "cache_dir", "revision", "local_files_only", "token")
-                         if k in kwargs}
-        config = cls.load_config(pretrained_model_name_or_path, **config_kwargs)
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
-        if unknown:  # diffusers would warn and build the default instead, silently another model
-            raise CheckpointMismatchError(f"config of {pretrained_model_name_or_path} has settings this {cls.__name__} "
-                                          f"does not take: {unknown} (accepted: {sorted(accepted)})")
-        try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        except (RuntimeError, ValueError) as e:
-            if "size mismatch" in str(e) or "missing" in str(e).lower() or "shape" in str(e).lower():
-                raise CheckpointMismatchError(f"checkpoint at {pretrained_model_name_or_path} does not match "
-                                              f"its config: {e}") from e
-            raise
-        problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
-        problems = {k: v for k, v in problems.items() if v}
-        if problems:
-            raise CheckpointMismatchError(
-                f"checkpoint at {pretrained_model_name_or_path} does not match the model built from its config: "
-                + "; ".join(f"{k}: {v}" for k, v in problems.items()))
-        return (model, info) if want_info else model
+    @property
+    def default_chunk(self) -> int:
+        """Latent frames per step of ``decode`` / ``decode_stream``: about 16 output frames."""
+        return max(1, 16 // self.compression[0])
+
+    def decode_stream(self, latents: torch.Tensor, chunk: int | None = None):
+        """Yield the video (B, 3, n, H, W) a few frames at a time as they are decoded, feeding ``chunk`` latent
+        frames per step (default ``default_chunk``); concatenated along T they equal ``forward(latents)``, the
+        one-pass decode (to float rounding). Memory: one chunk plus a few frames per temporal conv."""
+        self.check_latents(latents)
+        chunk = chunk or self.default_chunk
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 latent frame, got {chunk}")
+        state, t = self.stream(), latents.shape[2]
+        for start in range(0, t, chunk):
+            out = state.push(latents[:, :, start:start + chunk], last=start + chunk >= t)
+            if out is not None:
+                yield out
+
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """(B, C, T', H', W') latents -> (B, 3, T, H, W) video in about [-1, 1], decoded as a stream of ``chunk``
+        latent frames (``decode_stream``): the one-pass result, with memory bounded in the clip length."""
+        out, t = None, 0
+        for part in self.decode_stream(latents, chunk):
+            if out is None:
+                out = part.new_empty(self.output_shape(latents.shape))
+            out[:, :, t:t + part.shape[2]] = part
+            t += part.shape[2]
+        return out
 
 
 class TurboVAED(StudentDecoder):
@@ -228,6 +263,19 @@ class TurboVAED(StudentDecoder):
         if fast_cpu:
             video = video.contiguous()
         return (video, feats) if return_features else video
+
+    def stream(self) -> StudentStream:
+        """A fresh decode state for one clip: every temporal conv keeps its last input frames between chunks
+        (``models.streaming``); same layouts and CPU fast paths as ``forward`` (no workspace)."""
+        stages = [self.conv_in.stream(), self.mid.stream(), *(b.stream() for b in self.up_blocks),
+                  *(Frames(up) for up in self.upsamplers_2d), Frames(lambda x: rms_silu(self.norm_out, x)),
+                  self.conv_out.stream()]
+
+        def prepare(latents):
+            self.check_latents(latents)
+            return latents.contiguous(memory_format=torch.channels_last_3d) if eager_cpu(latents) else latents
+
+        return StudentStream(Chain(stages), prepare, lambda video: video.contiguous())
 
     @property
     def last_layer_weight(self) -> torch.nn.Parameter:

@@ -90,20 +90,9 @@ class DiffusersTeacher(Teacher):
         self.causal = True  # all four diffusers video VAEs decode 1 + t*k frames
         self.block_names = ("mid",) + tuple(f"up{i}" for i in range(len(vae.decoder.up_blocks)))
         self.decode_timestep = decode_timestep
-        sf = float(cfg.get("scaling_factor", 1.0) or 1.0)
-        c = self.latent_channels
-        kind = normalization.get("type")
-        if kind == "scaling_factor":
-            mean, std = torch.zeros(c), torch.ones(c)
-        elif kind == "mean_std" and normalization.get("stats") == "buffers":
-            mean, std = vae.latents_mean.detach().float().clone(), vae.latents_std.detach().float().clone()
-        elif kind == "mean_std" and normalization.get("stats") == "config":
-            mean, std = torch.tensor(cfg.latents_mean, dtype=torch.float32), torch.tensor(cfg.latents_std,
-                                                                                         dtype=torch.float32)
-        else:
-            raise ValueError(f"unknown latent normalization {normalization}")
-        self.register_buffer("latent_mean", mean.view(1, c, 1, 1, 1), persistent=False)
-        self.register_buffer("latent_scale", (sf / std).view(1, c, 1, 1, 1), persistent=False)
+        mean, scale = latent_normalization(vae, normalization)
+        self.register_buffer("latent_mean", mean, persistent=False)
+        self.register_buffer("latent_scale", scale, persistent=False)
 
     def _module(self, name: str) -> nn.Module:
         dec = self.vae.decoder
@@ -166,6 +155,26 @@ class DiffusersTeacher(Teacher):
 
     def decoder_parameters(self) -> int:
         return sum(p.numel() for p in self.vae.decoder.parameters())
+
+
+def latent_normalization(vae: nn.Module, normalization: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, scale), float32 of shape (1, C, 1, 1, 1), such that the diffusion model's latents are
+    ``(z - mean) * scale`` for the VAE's raw latents ``z``. ``normalization`` as in ``DiffusersTeacher``;
+    ``vae`` is the teacher or anything with its ``config`` (and LTX's ``latents_mean``/``latents_std`` buffers)."""
+    cfg = vae.config
+    c = cfg.get("latent_channels", cfg.get("z_dim"))
+    sf = float(cfg.get("scaling_factor", 1.0) or 1.0)
+    kind = normalization.get("type")
+    if kind == "scaling_factor":
+        mean, std = torch.zeros(c), torch.ones(c)
+    elif kind == "mean_std" and normalization.get("stats") == "buffers":
+        mean, std = vae.latents_mean.detach().float().cpu(), vae.latents_std.detach().float().cpu()
+    elif kind == "mean_std" and normalization.get("stats") == "config":
+        mean, std = torch.tensor(cfg["latents_mean"], dtype=torch.float32), torch.tensor(cfg["latents_std"],
+                                                                                      dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown latent normalization {normalization}")
+    return mean.reshape(1, c, 1, 1, 1).clone(), (sf / std).reshape(1, c, 1, 1, 1)
 
 
 def _compression(vae: nn.Module) -> tuple[int, int, int]:

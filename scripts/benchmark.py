@@ -10,7 +10,10 @@ interleaved (teacher, student, teacher, ...): median latency, FPS (output frames
 max allocated, or peak RSS growth on CPU), parameters and multiply-accumulates per clip (torch's FLOP
 counter / 2, counted on the meta device). Teachers run as diffusers ships them: fp32 (or ``--dtype``),
 eval, ``torch.inference_mode``; HunyuanVideo in its default framewise-tiled mode and in one pass.
-Student-only configs (dcae: no public teacher) report the student alone.
+Student-only configs (dcae: no public teacher) and ``--student-only`` report the student alone. The student's
+time and peak memory (``student_peak_mb``) are those of ``student.decode``, which decodes as a stream of
+``student_chunk`` latent frames at a time (``models/streaming.py``): e.g. ``--frames 121`` vs ``--frames 17``
+shows what a long clip costs.
 
 Single-config runs also time the student's decoupled vs classic 3D pixel shuffle (same weights up to a
 channel permutation, same output) in PyTorch and in ONNX Runtime (``--skip_shuffle`` to leave out).
@@ -165,7 +168,7 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     res = {"config": name, "resolution": f"{height}x{width}", "frames": frames, "latent_shape": list(shape),
            "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": args.repeats,
            "warmup": args.warmup, "teacher_mode": "diffusers default: eval, torch.inference_mode, " + args.dtype,
-           "student_params": n_params(student), "note": note}
+           "student_params": n_params(student), "student_chunk": student.default_chunk, "note": note}
 
     teacher, modes = None, {}
     if args.student_only:
@@ -185,7 +188,7 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
 
     runners = {f"teacher ({m})": (lambda fn: (lambda: fn(z)))(teacher_decode_fn(teacher, s)) for m, s in modes.items()}
 
-    def run_student():  # the decode users get (a causal derived student decodes as a stream)
+    def run_student():  # the decode users get: a stream of ``student.default_chunk`` latent frames at a time
         with torch.inference_mode():
             return student.decode(z)
     runners["student"] = run_student

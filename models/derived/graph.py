@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..streaming import Stream
+
 
 class DecoderGraph(nn.Module):
     """Base class. Subclasses set the class attributes and build their layers in ``__init__``, naming each
@@ -23,14 +25,13 @@ class DecoderGraph(nn.Module):
 
     ``forward(z, features=(), cache=None)``: raw teacher latents (B, C, T', H', W') -> (video in the
     teacher's own output range, {stage: feature}). ``cache`` (a dict) decodes a chunk of a longer clip
-    (causal graphs only, see ``supports_streaming``).
+    (the causal Wan graph). ``stream()``: the decode as a ``models.streaming`` pipeline (every graph).
     """
 
     family: str
     stages: tuple[str, ...]         # feature taps, ``inner`` and ``operators`` keys
     operators: tuple[str, ...]      # operators this family's residual convs can take
     stage_output_groups: dict[str, str]  # the channel group of each stage's output
-    supports_streaming = False
 
     def __init__(self):
         super().__init__()
@@ -62,4 +63,8 @@ class DecoderGraph(nn.Module):
         raise NotImplementedError
 
     def forward(self, z: torch.Tensor, features: Sequence[str] = (), cache: dict | None = None):
+        raise NotImplementedError
+
+    def stream(self) -> Stream:
+        """A fresh ``models.streaming`` pipeline decoding raw latents chunk by chunk to the one-pass video."""
         raise NotImplementedError

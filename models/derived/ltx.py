@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..blocks import ChannelLayerNorm, DecoupledPixelShuffle3d, RMSNorm, classic_to_decoupled_permutation, \
     pixel_shuffle_frames
+from ..streaming import Chain, Frames, Residual, Stream, Trim
 from .channels import tag
 from .graph import DecoderGraph
 from .operators import Conv3d, make_conv
@@ -89,6 +90,11 @@ class Resnet(nn.Module):
         h = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
         return h + (x if self.conv_shortcut is None else self.conv_shortcut(self.norm3(x)))
 
+    def stream(self) -> Stream:
+        main = Chain([Frames(lambda x: F.silu(self.norm1(x))), self.conv1.stream(),
+                      Frames(lambda x: F.silu(self.norm2(x))), self.conv2.stream()])
+        return Residual(main, None if self.conv_shortcut is None else (lambda x: self.conv_shortcut(self.norm3(x))))
+
 
 class Upsampler(nn.Module):
     """3x3x3 conv C -> 8C, (decoupled) 3D pixel shuffle x2x2x2, first frame dropped."""
@@ -101,6 +107,9 @@ class Upsampler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shuffle(self.conv(x))[:, :, SHUFFLE[0] - 1:]
+
+    def stream(self) -> Stream:
+        return Chain([self.conv.stream(), Frames(self.shuffle), Trim(SHUFFLE[0] - 1)])
 
 
 class UpBlock(nn.Module):
@@ -128,6 +137,10 @@ class UpBlock(nn.Module):
         for resnet in self.resnets:
             x = resnet(x)
         return x
+
+    def stream(self) -> Stream:
+        parts = [m.stream() for m in (self.conv_in, self.upsamplers and self.upsamplers[0]) if m is not None]
+        return Chain(parts + [r.stream() for r in self.resnets])
 
 
 class LTXGraph(DecoderGraph):
@@ -208,3 +221,8 @@ class LTXGraph(DecoderGraph):
                 feats[f"up{i}"] = x
         x = self.conv_out(F.silu(self.norm_out(x)))
         return pixel_shuffle_frames(x, self.patch, self.patch), feats
+
+    def stream(self) -> Stream:
+        return Chain([self.conv_in.stream(), *(r.stream() for r in self.mid_block.resnets),
+                      *(b.stream() for b in self.up_blocks), Frames(lambda x: F.silu(self.norm_out(x))),
+                      self.conv_out.stream(), Frames(lambda x: pixel_shuffle_frames(x, self.patch, self.patch))])

@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..streaming import Frames, Stream, TemporalConv
+
 OPERATORS = ("dense", "dw3", "dw5", "frame")
 
 
@@ -47,6 +49,18 @@ class TimePadding:
     @property
     def causal(self) -> bool:
         return self.mode.startswith("causal")
+
+    @property
+    def sides(self) -> tuple[int, int]:
+        """(front, back) frames of padding."""
+        k = self.taps - 1
+        return (0, 0) if self.mode == "none" else (k, 0) if self.causal else (k // 2, k // 2)
+
+    def stream(self, valid_conv) -> Stream:
+        """``valid_conv`` (a conv on input padded in time like this) as a ``models.streaming`` stage."""
+        if self.mode == "none":
+            return Frames(valid_conv)
+        return TemporalConv(valid_conv, *self.sides, zeros=self.mode == "causal_zero")
 
     def __call__(self, x: torch.Tensor, cache: dict | None = None, key=None) -> torch.Tensor:
         k = self.taps - 1
@@ -88,6 +102,9 @@ class Conv3d(nn.Module):
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         return F.conv3d(self.time_pad(x, cache, self), self.weight, self.bias, padding=self.padding)
 
+    def stream(self) -> Stream:
+        return self.time_pad.stream(lambda x: F.conv3d(x, self.weight, self.bias, padding=self.padding))
+
 
 class FrameConv(nn.Module):
     """``frame``: a 2D conv applied to every frame of (B, C, T, H, W); weight (C_out, C_in, k, k)."""
@@ -103,6 +120,9 @@ class FrameConv(nn.Module):
         b, c, t, h, w = x.shape
         y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), self.weight, self.bias, padding=self.padding)
         return y.reshape(b, t, -1, h, w).transpose(1, 2)
+
+    def stream(self) -> Stream:
+        return Frames(self)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -124,6 +144,9 @@ class DepthwiseSeparable(nn.Module):
         if self.dims == 3:
             x = self.time_pad(x, cache, self)
         return self.pointwise(self.depthwise(x))
+
+    def stream(self) -> Stream:
+        return self.time_pad.stream(lambda x: self.pointwise(self.depthwise(x)))
 
 
 def make_conv(op: str, cin: int, cout: int, dims: int, time_padding: str = "causal_zero", bias: bool = True):

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 
+from ..streaming import StudentStream
 from ..student import StudentDecoder
 from .graph import DecoderGraph
 from .ltx import LTXGraph
@@ -101,11 +102,12 @@ class DerivedStudent(StudentDecoder):
         video, feats = self.decoder(z, tuple(return_features), cache)
         return (video, feats) if return_features else video
 
-    def decode_stream(self, latents: torch.Tensor, chunk: int = 1):
-        """Yield the video of ``chunk`` latent frames at a time (causal graphs): the frames of each chunk as
-        soon as they are decoded; concatenated, they equal ``decode(latents)``."""
-        if not self.decoder.supports_streaming:
-            raise ValueError(f"the {self.config.family} decoder is not causal: it cannot decode as a stream")
-        cache: dict = {}
-        for start in range(0, latents.shape[2], chunk):
-            yield self.forward(latents[:, :, start:start + chunk], cache=cache)
+    def stream(self) -> StudentStream:
+        """A fresh decode state for one clip: the graph's ``stream`` (per-conv cache for the causal Wan graph,
+        per-layer lookahead for LTX, frame by frame for TAEF2) after undoing the latent normalisation."""
+        def prepare(latents):
+            self.check_latents(latents)
+            shape = (1, -1, 1, 1, 1)
+            return latents / self.latent_scale.view(shape) + self.latent_mean.view(shape)
+
+        return StudentStream(self.decoder.stream(), prepare)

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..taef2 import DECODER_STAGES, LATENT_CHANNELS, WIDTH
+from ..streaming import Frames, Stream
 from .channels import tag
 from .graph import DecoderGraph
 from .operators import make_conv
@@ -126,3 +127,6 @@ class TAEF2Graph(DecoderGraph):
             if name in features:
                 feats[name] = video(x)
         return video(self.conv_out(x)) * 2 - 1, feats  # TAEF2 decodes to [0, 1]
+
+    def stream(self) -> Stream:
+        return Frames(lambda z: self(z)[0])  # frame by frame: any chunk is exact

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..streaming import Frames, Stream
 from .channels import tag
 from .graph import DecoderGraph
 from .operators import Conv3d, make_conv
@@ -77,6 +78,8 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):  # the norm in float32: fp16 sums of squares overflow
+            return F.normalize(x.float(), dim=1).to(x.dtype) * self.scale * self.gamma
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
 
@@ -166,7 +169,6 @@ class WanGraph(DecoderGraph):
     family = "wan"
     stages = ("mid", "up0", "up1", "up2", "up3")
     operators = ("dense", "dw3", "dw5", "frame")
-    supports_streaming = True
 
     def __init__(self, teacher_config: dict, widths: dict[str, int], inner: dict[str, int], ops: dict[str, str]):
         super().__init__()
@@ -230,3 +232,7 @@ class WanGraph(DecoderGraph):
             if f"up{i}" in features:
                 feats[f"up{i}"] = x
         return self.conv_out(F.silu(self.norm_out(x)), cache), feats
+
+    def stream(self) -> Stream:
+        cache: dict = {}  # causal: each chunk decodes at once, with the per-conv cache of the chunks before
+        return Frames(lambda z: self(z, cache=cache)[0])
