@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from .assets import Asset, Source
+from .files import pid_alive
 
 _CHUNK = 1 << 20
 
@@ -67,16 +68,6 @@ def source_url(url: str, mirror: str | os.PathLike | None) -> str:
     return f"{base.rstrip('/')}/{parts.netloc}{parts.path}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Fetcher:
     """Builds assets inside the assets folder ``root``; use as a context manager (see module doc)."""
 
@@ -91,7 +82,7 @@ class Fetcher:
         self.root.mkdir(parents=True, exist_ok=True)
         for old in self.root.glob(".fetch-*-*"):  # left by a killed run
             pid = old.name.split("-")[1]
-            if old.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            if old.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".fetch-{os.getpid()}-", dir=self.root))
         return self

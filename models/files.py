@@ -17,6 +17,19 @@ from typing import Iterator
 __all__ = ["atomic_write", "atomic_dir", "file_problem", "folder_problem"]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (so the temporary files named after it may still be in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's process
+    except OSError:
+        return False
+    return True
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through ``.<name>.<pid>.tmp`` in the same folder, fsync'd, then renamed into
     place: readers see the old file or the whole new one. The pid in the name lets a later run tell the leftovers

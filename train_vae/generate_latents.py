@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from models.cli import ArgumentParser, check_dir, check_writable_dir, run, user_errors
 from models.config import check_clip_fits, has_teacher, load_config, load_teacher
-from models.files import atomic_write
+from models.files import atomic_write, pid_alive
 from models.teachers import weights_sha256
 from train_vae.data import VideoDataset, collate_videos
 from train_vae.latent_dataset import (FORMAT_VERSION, MANIFEST_NAME, SAMPLE_PATTERN, quantize_video, read_manifest,
@@ -68,20 +68,6 @@ class SettingsMismatchError(ValueError):
 # leftovers of dead runs
 # ---------------------------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # nothing of ours is in flight when the cleanup runs
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def clean_stale_tmp(folder: Path) -> list[str]:
     """Delete ``*.tmp`` leftovers of crashed runs (those not named after a live process)."""
     removed = []
@@ -89,7 +75,7 @@ def clean_stale_tmp(folder: Path) -> list[str]:
         if not entry.name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
             continue
         parts = entry.name.rsplit(".", 2)  # ".<name>.<pid>.tmp"
-        if len(parts) == 3 and parts[1].isdigit() and _pid_alive(int(parts[1])):
+        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and pid_alive(int(parts[1])):  # ours: not in flight now
             continue
         try:
             os.unlink(entry.path)
