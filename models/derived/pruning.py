@@ -265,14 +265,9 @@ def replace_operators(dense: DerivedStudent, target: DerivedStudent, report: Der
             if err is not None:
                 report.factorization_error[name] = err
             replaced.add(name)
-    state = dense.state_dict()
-    rest = {k: v for k, v in target.state_dict().items() if not any(k.startswith(f"decoder.{r}.") for r in replaced)}
-    for k in rest:
-        rest[k] = state[k]
-    missing, unexpected = target.load_state_dict(rest, strict=False)
-    wrong = [k for k in missing if not any(k.startswith(f"decoder.{r}.") for r in replaced)]
-    if wrong or unexpected:  # only the replaced convs may be absent: they were set above
-        raise RuntimeError(f"operator replacement lost tensors: missing {wrong}, unexpected {unexpected}")
+    state = dense.state_dict()  # every tensor but the replaced convs' (set above) comes from the dense student
+    target.load_state_dict({k: v if any(k.startswith(f"decoder.{r}.") for r in replaced) else state[k]
+                            for k, v in target.state_dict().items()}, strict=True)
 
 
 # ---- refit compensation -----------------------------------------------------------------------------------------
