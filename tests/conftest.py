@@ -49,3 +49,12 @@ def asset(assets_dir):
             pytest.fail(missing_message(relpath, assets_dir), pytrace=False)
         return path
     return get
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """4 procedural training clips of 12 frames at 64x64: the data of the tiny training runs."""
+    from train_vae.data import make_procedural_clips
+    d = tmp_path_factory.mktemp("clips")
+    make_procedural_clips(d, num_clips=4, num_frames=12, size=(64, 64), seed=3)
+    return d

@@ -286,13 +286,6 @@ def test_training_refuses_a_bad_derived_config_before_any_work(tmp_path):
 
 
 # ---- three-phase training ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    d = tmp_path_factory.mktemp("train_clips")
-    make_procedural_clips(d, num_clips=4, num_frames=12, size=(64, 64), seed=5)
-    return d
-
-
 def flash_args(clips, out, **kw):
     """train.py's command line for a tiny flash_taef2 run: 20 steps cover all three phases (align: steps 0-1,
     output: 2-18, perceptual with LPIPS and the GAN: 19)."""

@@ -17,13 +17,6 @@ from train_vae.losses import ReconstructionLoss
 from train_vae.metrics import psnr, to_unit
 
 
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clips")
-    make_procedural_clips(d, num_clips=4, num_frames=12, size=(64, 64), seed=3)
-    return d
-
-
 def argv(clips, out, **kw):
     """train.py's command line for a tiny run; ``kw`` adds or overrides flags."""
     args = ["--config", "taef2", "--data_dir", str(clips), "--output_dir", str(out), "--resolution", "32",
