@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .channels import CONV_TYPES, expand, param_dims, readers, writers
 from .operators import Conv3d, DepthwiseSeparable, FrameConv, init_from_dense
-from .student import FAMILIES, DerivedStudent
+from .student import FAMILIES, DerivedStudent, check_layout
 
 SELECTIONS = ("independence", "l1", "random")
 RIDGE = 1e-3  # refit: ridge weight relative to the mean input energy
@@ -96,16 +96,9 @@ def _resolve_widths(family: str, teacher_config: dict, section: dict) -> tuple[d
                                  f"[{1 / full[name]:.4g}, 1]")
             widths[name] = n
         out.append(widths)
-    ops = dict(section.get("operators") or {})
-    unknown = sorted(set(ops) - set(graph_cls.stages))
-    if unknown:
-        raise ValueError(f"student.operators: the {family} decoder has no stage {', '.join(unknown)}; it has "
-                         f"{', '.join(graph_cls.stages)}")
-    bad = {s: o for s, o in ops.items() if o not in graph_cls.operators}
-    if bad:
-        raise ValueError(f"student.operators: unknown operator {bad}; the {family} decoder takes "
-                         f"{', '.join(graph_cls.operators)}")
-    out.append({s: ops.get(s, "dense") for s in graph_cls.stages})
+    ops = {s: "dense" for s in graph_cls.stages} | dict(section.get("operators") or {})
+    check_layout(graph_cls, teacher_config, *out, ops)  # an unknown stage or operator: the one check of every student
+    out.append(ops)
     return tuple(out)
 
 
