@@ -38,7 +38,8 @@ def weights(out):
 
 
 def test_resume_after_interruption_gives_identical_weights(clips, tmp_path, monkeypatch):
-    crop = {"train_crop": 16, "train_frames": 2}  # random crops draw from the RNG that checkpoints restore
+    # random crops and colour transforms draw from the RNG that checkpoints restore
+    crop = {"train_crop": 16, "train_frames": 2, "colour_augment": 0.5}
     train_mod.Trainer(settings(clips, tmp_path / "a", **crop)).fit()
     real_step = train_mod.Trainer.train_step
 
@@ -142,6 +143,8 @@ def test_bad_settings_are_clear(clips, tmp_path):
     t = train_mod.Trainer(settings(clips, tmp_path / "d", train_frames=2))
     latents, video = t.latents_and_video(next(t.batches(0)))
     assert latents.shape[2] == video.shape[2] == 2  # TAEF2: one latent frame per video frame
+    with pytest.raises(ValueError, match="colour_augment 1.5: the share of training clips"):
+        train_mod.Trainer(settings(clips, tmp_path / "e", colour_augment=1.5))
     t.teacher.causal = True
     with pytest.raises(ValueError, match="non-causal teacher"):
         t.latents_and_video(next(t.batches(0)))

@@ -50,6 +50,7 @@ from models.config import (build_student, check_clip_fits, has_teacher, is_deriv
                            teacher_config_of, teacher_is_causal)
 from models.files import atomic_dir, atomic_write, folder_problem
 from models.student import StudentDecoder
+from train_vae.augment import ColourJitter
 from train_vae.data import VideoDataset, VideoIndex, collate_videos, make_procedural_clips, split_files
 from train_vae.losses import (DistillationLoss, LossSchedule, PatchDiscriminator3d, ReconstructionLoss,
                               adaptive_weight, generator_adv_loss, hinge_d_loss)
@@ -64,7 +65,7 @@ DEFAULTS = dict(
     log_every=10, checkpoint_every=500, keep_checkpoints=2, mixed_precision="no", num_workers=0,
     report_to="wandb", cache_latents=False, train_crop=None, train_frames=None,
     phases=None, phase_ramp=0.0, selection="independence", compensation="refit", calibration_samples=16,
-    calibration_frames=None,
+    calibration_frames=None, colour_augment=0.0,
 )
 # settings of the fixed (Turbo-VAED) loss weights, which a config with train.phases sets per phase instead
 FIXED_WEIGHT_SETTINGS = ("lpips_weight", "distill_weight", "disc_weight", "disc_start")
@@ -210,6 +211,9 @@ def check_settings(s: dict) -> None:
                 "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
         if int(s[key]) < 1:
             raise UserError(f"--{key} {s[key]}: must be >= 1")
+    if not 0.0 <= s["colour_augment"] <= 1.0:
+        raise UserError(f"--colour_augment {s['colour_augment']}: the share of training clips given a random colour "
+                        f"transform, must be in [0, 1] (0: none)")
     if s["lr_schedule"] not in ("constant", "cosine"):
         raise UserError(f"--lr_schedule {s['lr_schedule']}: must be constant or cosine")
     with user_errors():
@@ -324,6 +328,7 @@ class Trainer:
                         LossSchedule.fixed(s["max_steps"], s["lpips_weight"], s["distill_weight"], s["disc_weight"],
                                            s["disc_start"]))
         self.index = self._index_data()
+        self.colour_jitter = ColourJitter(s["colour_augment"]) if s["colour_augment"] else None
         self.teacher = load_teacher(self.cfg).to(self.device)
         self._setup_data()
         student = self._make_student().to(self.device)  # a Turbo-VAED student picks its fast CPU layout itself
@@ -425,6 +430,10 @@ class Trainer:
             left = int(torch.randint(latents.shape[4] - lw + 1, ()))
             latents = latents[..., top:top + lh, left:left + lw]
             video = video[..., top * ch:(top + lh) * ch, left * cw:(left + lw) * cw]
+        if self.colour_jitter is not None:  # new colours need new latents: the teacher encodes the changed clip
+            video = self.colour_jitter(video)
+            with torch.no_grad():
+                latents = self.teacher.encode(video)
         return latents, video
 
     # -- model pieces
