@@ -296,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     from models.config import load_teacher
+    from models.cpu_fast import fast_on
     from train_vae.metrics import psnr, ssim, to_unit
 
     for flag in ("resolution", "max_clips", "sheet_frames"):
@@ -313,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                           else ("cpu" if args.device == "auto" else args.device))
     with user_errors():  # indexing the videos is cheaper than loading a large teacher: first
         clips = list_clips(args.data_dir, num_frames, 1, args.max_clips)
-    teacher = load_teacher(cfg).to(device).eval()
-    student = teacher if trained is None else trained.to(device)
+    teacher = fast_on(load_teacher(cfg).to(device).eval(), device)  # CPU: same video, faster
+    student = teacher if trained is None else fast_on(trained.to(device), device)
     same = student is teacher
     half = None if args.compare_dtype is None else copy.deepcopy(student).to(HALF_DTYPES[args.compare_dtype])
     names = clip_names([c.path for c in clips])

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from models.cli import ArgumentParser, UserError, check_dir, check_writable_dir, run, user_errors
 from models.config import (build_student, check_clip_fits, has_teacher, is_derived, load_config, load_teacher,
                            teacher_config_of, teacher_is_causal)
+from models.cpu_fast import fast_on
 from models.files import atomic_dir, atomic_write, folder_problem
 from models.student import StudentDecoder
 from train_vae.data import VideoDataset, VideoIndex, collate_videos, make_procedural_clips, split_files
@@ -326,7 +327,8 @@ class Trainer:
         self.index = self._index_data()
         self.teacher = load_teacher(self.cfg).to(self.device)
         self._setup_data()
-        student = self._make_student().to(self.device)  # a Turbo-VAED student picks its fast CPU layout itself
+        # on CPU, oneDNN forward and backward (models/cpu_fast.py); parameters and checkpoints stay the plain model's
+        student = fast_on(self._make_student().to(self.device), self.device)
         distill = self._build_distillation(student) if self.weights.uses("distill") else None
         self.model = Generator(student, distill).to(self.device)
         self.recon = ReconstructionLoss(self.weights.uses("lpips"), s["lpips_frames"]).to(self.device)
