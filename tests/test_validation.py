@@ -146,8 +146,7 @@ def single_run(setup):
 
 def test_load_student_resolution(setup, tmp_path):
     from models.student import TurboVAED
-    from models.config import resolve_student_dir
-    from train_vae.validation_metrics import load_student
+    from models.config import load_student, resolve_student_dir
 
     cfg = load_config("taef2")
     assert resolve_student_dir(setup / "student") == setup / "student"
@@ -156,17 +155,15 @@ def test_load_student_resolution(setup, tmp_path):
     for f in (setup / "student").iterdir():
         (ckpt / "student" / f.name).write_bytes(f.read_bytes())
     assert resolve_student_dir(ckpt) == ckpt / "student"
-    assert isinstance(load_student(ckpt, cfg), TurboVAED)
-    teacher = load_teacher(cfg)
-    assert load_student("teacher", cfg, teacher=teacher) is teacher
+    assert isinstance(load_student(cfg, ckpt), TurboVAED)
     with pytest.raises(FileNotFoundError, match="step_000010"):  # output folder without student/: names the checkpoint
-        load_student(tmp_path / "out", cfg)
+        load_student(cfg, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_student(tmp_path / "nope", cfg)
+        load_student(cfg, tmp_path / "nope")
     wrong = build_student(load_config("wan"), block_out_channels=[8] * 5, layers_per_block=[1] * 5)
     wrong.save_pretrained(tmp_path / "wan_student")
     with pytest.raises(ValueError, match="wrong --config"):
-        load_student(tmp_path / "wan_student", cfg)
+        load_student(cfg, tmp_path / "wan_student")
 
 
 def test_metrics_single_process(single_run):
