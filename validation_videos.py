@@ -150,7 +150,7 @@ def decode_teacher(teacher, latents: torch.Tensor, chunk_pixels: int = 17 * 256 
             th = tw = None
             oh = ow = 0
         return tiled_decode(teacher.decode, latents, teacher.compression, (n, th, tw), (0, oh, ow),
-                            causal=teacher.causal)
+                            first_frame_alone=teacher.first_frame_alone)
     if h * w > tile_pixels ** 2:
         _enable_vae_tiling(teacher)
     return teacher.decode(latents)
@@ -166,8 +166,8 @@ def decode_student(student, latents: torch.Tensor, tile_pixels: int = 512, overl
     if lh * ch * lw * cw <= tile_pixels ** 2:
         return student.decode(latents)
     tile, overlap = default_tiles(student.compression, tile_pixels, overlap_pixels)
-    causal = student.num_output_frames(1) == 1  # the first latent frame decodes to one frame
-    return tiled_decode(student.decode, latents, student.compression, tile, overlap, causal=causal,
+    first_frame_alone = student.num_output_frames(1) == 1  # the first latent frame decodes to one frame
+    return tiled_decode(student.decode, latents, student.compression, tile, overlap, first_frame_alone=first_frame_alone,
                         progress=progress)
 
 

@@ -17,6 +17,7 @@ from diffusers.configuration_utils import register_to_config
 
 from .blocks import SHUFFLES, Conv3d, MidBlock3d, RMSNorm, UpBlock3d, Upsampler2d, rms_silu
 from .files import CheckpointMismatchError
+from .frames import FrameRule
 from .streaming import Chain, Frames, StudentStream
 
 BLOCK_NAMES = ("mid", "up0", "up1", "up2", "up3")
@@ -218,8 +219,8 @@ class TurboVAED(StudentDecoder):
 
     def num_output_frames(self, latent_frames: int) -> int:
         t = latent_frames
-        for r in self.temporal_factors:
-            t = r * (t - 1) + 1 if self.config.trim_first_frames else r * t
+        for r in self.temporal_factors:  # each temporal upsampler: the video frame rule with factor r
+            t = FrameRule(r, self.config.trim_first_frames).frames(t)
         return t
 
     # ---- forward --------------------------------------------------------------------------------

@@ -142,8 +142,8 @@ def test_bad_settings_are_clear(clips, tmp_path):
     t = train_mod.Trainer(settings(clips, tmp_path / "d", train_frames=2))
     latents, video = t.latents_and_video(next(t.batches(0)))
     assert latents.shape[2] == video.shape[2] == 2  # TAEF2: one latent frame per video frame
-    t.teacher.causal = True
-    with pytest.raises(ValueError, match="non-causal teacher"):
+    t.teacher.first_frame_alone = True
+    with pytest.raises(ValueError, match="without a first frame alone"):
         t.latents_and_video(next(t.batches(0)))
     with pytest.raises(ValueError, match="need more than --num_holdout"):
         train_mod.Trainer(settings(clips, tmp_path, num_holdout=4))

@@ -59,7 +59,7 @@ from train_vae.i3d import I3D_MIN_FRAMES
 
 __all__ = [
     "Clip", "check_request", "list_clips", "window_starts", "load_clip",
-    "read_clip_frames", "resize_crop_video", "check_geometry", "latent_frames_for", "summarize",
+    "read_clip_frames", "resize_crop_video", "check_geometry", "summarize",
     "markdown_table", "main",
 ]
 
@@ -199,22 +199,14 @@ def load_clip(clip: Clip, resolution: int | tuple[int, int]) -> torch.Tensor:
 # geometry checks
 # ---------------------------------------------------------------------------------------------
 
-def latent_frames_for(frames: int, compression: Sequence[int], causal: bool) -> int | None:
-    ct = int(compression[0])
-    if causal:
-        return (frames - 1) // ct + 1 if frames >= 1 and (frames - 1) % ct == 0 else None
-    return frames // ct if frames >= ct and frames % ct == 0 else None
-
-
 def check_geometry(teacher, student, num_frames: int, height: int, width: int) -> tuple[int, ...]:
     """Latent shape (1, C, T', H', W') of a clip for this teacher; ValueError (naming valid values) when
     the teacher cannot encode it or the student cannot decode those latents to the same size."""
-    ct, ch, cw = teacher.compression
-    t = latent_frames_for(num_frames, teacher.compression, teacher.causal)
+    _, ch, cw = teacher.compression
+    t = teacher.frame_rule.latent_frames(num_frames)
     if t is None:
-        valid = [1 + ct * k for k in range(1, 5)] if teacher.causal else [ct * k for k in range(1, 5)]
-        raise ValueError(f"the teacher (compression {tuple(teacher.compression)}, causal={teacher.causal}) cannot "
-                         f"encode {num_frames} frames; valid counts are {valid}, ...")
+        raise ValueError(f"the teacher (compression {tuple(teacher.compression)}, {teacher.frame_rule.describe()} "
+                         f"frames) cannot encode {num_frames} frames; valid counts are {teacher.frame_rule.valid()}, ...")
     if height % ch or width % cw:
         raise ValueError(f"frame size {height}x{width} is not a multiple of the teacher's spatial compression "
                          f"{ch}x{cw}")
