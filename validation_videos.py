@@ -150,7 +150,7 @@ def decode_teacher(teacher, latents: torch.Tensor, chunk_pixels: int = 17 * 256 
             th = tw = None
             oh = ow = 0
         return tiled_decode(teacher.decode, latents, teacher.compression, (n, th, tw), (0, oh, ow),
-                            causal=teacher.causal)
+                            first_frame_alone=teacher.first_frame_alone)
     if h * w > tile_pixels ** 2:
         _enable_vae_tiling(teacher)
     return teacher.decode(latents)
@@ -166,8 +166,8 @@ def decode_student(student, latents: torch.Tensor, tile_pixels: int = 512, overl
     if lh * ch * lw * cw <= tile_pixels ** 2:
         return student.decode(latents)
     tile, overlap = default_tiles(student.compression, tile_pixels, overlap_pixels)
-    causal = student.num_output_frames(1) == 1  # the first latent frame decodes to one frame
-    return tiled_decode(student.decode, latents, student.compression, tile, overlap, causal=causal,
+    first_frame_alone = student.num_output_frames(1) == 1  # the first latent frame decodes to one frame
+    return tiled_decode(student.decode, latents, student.compression, tile, overlap, first_frame_alone=first_frame_alone,
                         progress=progress)
 
 
@@ -296,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     from models.config import load_teacher
+    from models.cpu_fast import fast_on
     from train_vae.metrics import psnr, ssim, to_unit
 
     for flag in ("resolution", "max_clips", "sheet_frames"):
@@ -313,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                           else ("cpu" if args.device == "auto" else args.device))
     with user_errors():  # indexing the videos is cheaper than loading a large teacher: first
         clips = list_clips(args.data_dir, num_frames, 1, args.max_clips)
-    teacher = load_teacher(cfg).to(device).eval()
-    student = teacher if trained is None else trained.to(device)
+    teacher = fast_on(load_teacher(cfg).to(device).eval(), device)  # CPU: same video, faster
+    student = teacher if trained is None else fast_on(trained.to(device), device)
     same = student is teacher
     half = None if args.compare_dtype is None else copy.deepcopy(student).to(HALF_DTYPES[args.compare_dtype])
     names = clip_names([c.path for c in clips])

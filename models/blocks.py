@@ -4,18 +4,10 @@ Tensor layout everywhere: (B, C, T, H, W), float. Every intermediate tensor of t
 the student keeps rank <= 5 (Core ML rejects rank > 5 tensors with dynamic shapes); only
 ``PixelShuffle3d`` (the classic shuffle, kept for the ablation and the export comparison) does not.
 
-Speed on CPU (measured, see scripts/benchmark.py): the blocks work in either memory format and keep
-the one they are given; ``TurboVAED`` runs them in ``channels_last_3d`` on CPU, where oneDNN convolves
-without reordering activations, and ``conv`` sends every CPU float32 convolution to oneDNN, in training
-its backward pass too (``_OneDnnConv``: about 2x faster CPU training steps for the TAEF2 student).
-In a no-grad CPU decode, ``workspace`` reuses the large per-block buffers and each residual block adds its
-shortcut inside its last convolution (see ``Workspace``).
+Plain PyTorch ops only: the CPU fast paths (oneDNN convolutions, fused norms, reused buffers) live beside
+these blocks in ``models/cpu_fast.py``, a transform applied to a finished model (same state dict).
 """
 from __future__ import annotations
-
-import contextlib
-import contextvars
-import weakref
 
 import torch
 import torch.nn as nn
@@ -26,147 +18,6 @@ from .streaming import Chain, Frames, Residual, Stream, TemporalConv, Trim
 
 def _triple(k: int | tuple[int, int, int]) -> tuple[int, int, int]:
     return (k, k, k) if isinstance(k, int) else tuple(k)
-
-
-def eager_cpu(x: torch.Tensor) -> bool:
-    """True for a plain float32 CPU tensor outside tracing/export/compile (where the fast paths apply)."""
-    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
-
-
-class Workspace:
-    """Buffers reused across the blocks of one no-grad CPU decode, one per (role, shape).
-
-    A large CPU tensor is freshly mapped memory whose every 4 KiB page faults when first written: about
-    0.9M faults (2.8 of 28 CPU-seconds) in a 17 x 256 x 256 CogVideoX-student decode. Inside ``workspace()``
-    the pre-activations (``rms_silu``) and the first conv output of each ``ResBlock3d`` reuse these buffers,
-    and the second conv of a residual block accumulates into its shortcut tensor (oneDNN's fused sum), so a
-    block's output lives in its input's memory. Each buffer is dead before its role asks for it again.
-    Shapes change from one student block to the next, so the decode ``clear``s the workspace between blocks
-    (peak memory stays that of one block's buffers). Never active with autograd or when block outputs are
-    returned.
-    """
-
-    def __init__(self):
-        self._buffers: dict[tuple, torch.Tensor] = {}
-
-    def empty(self, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised channels-last 5D buffer (the same one at every call with these arguments)."""
-        key = (role, tuple(shape), dtype)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, memory_format=torch.channels_last_3d)
-        return buf
-
-    def zeros(self, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        return self.empty(role, shape, dtype).zero_()
-
-    def clear(self) -> None:
-        self._buffers.clear()
-
-
-_WORKSPACE: contextvars.ContextVar[Workspace | None] = contextvars.ContextVar("turbo_vaed_workspace", default=None)
-
-
-@contextlib.contextmanager
-def workspace(enabled: bool = True):
-    """Run the enclosed no-grad CPU decode with a fresh ``Workspace`` (per thread), which it yields;
-    ``enabled=False``: none (yields None)."""
-    ws = Workspace() if enabled else None
-    token = _WORKSPACE.set(ws)
-    try:
-        yield ws
-    finally:
-        _WORKSPACE.reset(token)
-
-
-def current_workspace() -> Workspace | None:
-    return _WORKSPACE.get()
-
-
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def conv(layer: nn.Conv2d | nn.Conv3d, x: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
-    """``layer(x)``, or ``layer(x) + add_to``; on CPU always through oneDNN, which PyTorch skips for small
-    convs (one group, kernel <= 3, batch 1, N*C*T*H <= 20480) in favour of a native kernel several times slower.
-
-    Without autograd the weight is also kept in oneDNN's blocked layout (re-packed when the weight or the
-    input shape changes) instead of being reordered on every call, which dominates low-resolution convs;
-    there ``add_to`` (a channels-last tensor of the output's shape) is accumulated into in place by the conv
-    itself and returned, so it must not be needed afterwards. Elsewhere the sum is a new tensor.
-    """
-    if not (eager_cpu(x) and layer.padding_mode == "zeros" and torch.backends.mkldnn.is_available()):
-        return layer(x) if add_to is None else layer(x) + add_to
-    w, geometry = layer.weight, (list(layer.padding), list(layer.stride), list(layer.dilation), layer.groups)
-    if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
-        if _OneDnnConv.handles(layer):
-            out = _OneDnnConv.apply(x, w, layer.bias, list(layer.padding), layer.groups)
-        else:
-            out = torch.mkldnn_convolution(x, w, layer.bias, *geometry)
-        return out if add_to is None else out + add_to
-    key = (w.data_ptr(), w._version, tuple(x.shape))
-    cached = _PACKED.get(layer)
-    if cached is None or cached[0] is not w or cached[1] != key:
-        reorder = torch._C._nn.mkldnn_reorder_conv3d_weight if w.ndim == 5 else torch._C._nn.mkldnn_reorder_conv2d_weight
-        cached = _PACKED[layer] = (w, key, reorder(w.detach().to_mkldnn(), *geometry, list(x.shape)))
-    if add_to is not None:
-        fmt = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
-        if eager_cpu(add_to) and add_to.is_contiguous(memory_format=fmt) and x.is_contiguous(memory_format=fmt):
-            return torch.ops.mkldnn._convolution_pointwise_.binary(add_to, x, cached[2], layer.bias, *geometry,
-                                                                   "add", None, None, [], None)
-    out = torch.ops.mkldnn._convolution_pointwise(x, cached[2], layer.bias, *geometry, "none", [], "")
-    return out if add_to is None else out.add_(add_to)
-
-
-class _OneDnnConv(torch.autograd.Function):
-    """A stride-1 convolution (dense or depthwise) whose backward pass also runs as oneDNN forward
-    convolutions. PyTorch's own backward picks its native kernel for the same small convs as the forward
-    does, and is slow for depthwise ones even on oneDNN: about 10-20x the forward on one CPU thread.
-
-    Input gradient: the convolution of ``grad`` with the flipped, in/out-swapped kernel (per group).
-    Weight gradient: the convolution of the padded input (channels as batch) with ``grad`` as the kernel.
-    """
-
-    @staticmethod
-    def handles(layer: nn.Conv2d | nn.Conv3d) -> bool:
-        return (all(s == 1 for s in layer.stride) and all(d == 1 for d in layer.dilation)
-                and (layer.groups == 1 or layer.groups == layer.in_channels == layer.out_channels))
-
-    @staticmethod
-    def forward(ctx, x, w, b, padding: list[int], groups: int):
-        ctx.save_for_backward(x, w)
-        ctx.padding, ctx.groups, ctx.has_bias = padding, groups, b is not None
-        ones = [1] * len(padding)
-        return torch.mkldnn_convolution(x, w, b, padding, ones, ones, groups)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        padding, groups = ctx.padding, ctx.groups
-        ones, spatial = [1] * len(padding), tuple(range(2, w.ndim))
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            cout, cin_g = w.shape[:2]
-            w_t = (w.reshape(groups, cout // groups, cin_g, *w.shape[2:]).transpose(1, 2)
-                   .reshape(groups * cin_g, cout // groups, *w.shape[2:]).flip(spatial))
-            back_pad = [k - 1 - p for k, p in zip(w.shape[2:], padding)]
-            grad_x = torch.mkldnn_convolution(grad, w_t, None, back_pad, ones, ones, groups)
-        if ctx.needs_input_grad[1]:
-            pads = [p for q in reversed(padding) for p in (q, q)]
-            xp = F.pad(x, pads) if any(padding) else x
-            if groups == 1:  # (Cin, N, ...) convolved with (Cout, N, ...) -> (Cin, Cout, k...)
-                grad_w = torch.mkldnn_convolution(xp.transpose(0, 1), grad.transpose(0, 1), None, [0] * len(padding),
-                                                  ones, ones, 1).transpose(0, 1)
-            else:  # depthwise: one group per (sample, channel), summed over the batch
-                n, c = x.shape[:2]
-                k = torch.mkldnn_convolution(xp.reshape(1, n * c, *xp.shape[2:]),
-                                             grad.reshape(n * c, 1, *grad.shape[2:]), None, [0] * len(padding),
-                                             ones, ones, n * c)
-                grad_w = k.reshape(n, c, 1, *k.shape[2:]).sum(0)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, *spatial))
-        return grad_x, grad_w, grad_b, None, None
 
 
 def pad_time(x: torch.Tensor, front: int, back: int) -> torch.Tensor:
@@ -193,9 +44,9 @@ class Conv3d(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, (kt, kh, kw), padding=(0, kh // 2, kw // 2),
                               groups=groups, bias=bias)
 
-    def forward(self, x: torch.Tensor, padded: bool = False, add_to: torch.Tensor | None = None) -> torch.Tensor:
-        """``padded=True``: ``x`` already holds the temporal padding (see ``rms_silu``); ``add_to``: see ``conv``."""
-        return conv(self.conv, x if padded else pad_time(x, *self.time_pad), add_to)
+    def forward(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        """``padded=True``: ``x`` already holds the temporal padding (see ``rms_silu``)."""
+        return self.conv(x if padded else pad_time(x, *self.time_pad))
 
     def stream(self) -> Stream:
         return TemporalConv(lambda x: self(x, padded=True), *self.time_pad)
@@ -210,8 +61,8 @@ class DepthwiseSeparableConv3d(nn.Module):
         self.pointwise = nn.Conv3d(in_channels, out_channels, 1)
         self.time_pad = self.depthwise.time_pad
 
-    def forward(self, x: torch.Tensor, padded: bool = False, add_to: torch.Tensor | None = None) -> torch.Tensor:
-        return conv(self.pointwise, self.depthwise(x, padded), add_to)
+    def forward(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x, padded))
 
     def stream(self) -> Stream:
         return TemporalConv(lambda x: self(x, padded=True), *self.time_pad)
@@ -226,12 +77,9 @@ class RMSNorm(nn.Module):
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """1 / RMS over channels, shape (B, 1, ...)."""
-        if eager_cpu(x):  # one fused reduction (about 3x faster on CPU than pow + mean), then eps + norm^2 / C
-            norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-            return torch.rsqrt(torch.addcmul(norm.new_tensor(self.eps), norm, norm, value=1 / x.shape[1]))
         if x.dtype in (torch.float16, torch.bfloat16):  # the mean square in float32: x^2 overflows fp16 from |x| = 256
             return torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
-        return torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)  # plain ops for export
+        return torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale(x)
@@ -241,9 +89,7 @@ class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel dimension (dim 1) with affine weight and bias, for 5D tensors.
 
     Written with reductions over dim 1 instead of ``nn.LayerNorm`` on a permuted tensor, so it exports
-    as plain elementwise ops (Core ML has no GroupNorm/LayerNorm for 5D channel-first input). On CPU in
-    ``channels_last_3d`` the channels are already the innermost axis, and one fused ``F.layer_norm`` over
-    them replaces the six full-size temporaries of those ops (about 4x faster).
+    as plain elementwise ops (Core ML has no GroupNorm/LayerNorm for 5D channel-first input).
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
@@ -253,9 +99,6 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if eager_cpu(x) and x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-            channels_innermost = x.permute(0, 2, 3, 4, 1)  # a contiguous (B, T, H, W, C) view
-            return F.layer_norm(channels_innermost, (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 4, 1, 2, 3)
         dtype = x.dtype
         if dtype in (torch.float16, torch.bfloat16):  # statistics in float32 (fp16 squares overflow)
             x = x.float()
@@ -267,30 +110,15 @@ class ChannelLayerNorm(nn.Module):
 
 def rms_silu(norm: RMSNorm | None, x: torch.Tensor, time_pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """``pad_time(silu(norm(x)), *time_pad)``: the pre-activation of a conv, with its temporal padding
-    (``norm=None``: no normalisation, ``x`` is left untouched).
-
-    On CPU without autograd the normalised frames are written once, straight into the padded buffer (the
-    workspace's, if one is active), instead of being copied again by ``pad_time``."""
-    if not eager_cpu(x) or (torch.is_grad_enabled() and x.requires_grad) or not any(time_pad):
-        return pad_time(F.silu(x) if norm is None else F.silu(norm(x), inplace=True), *time_pad)
-    front, back = time_pad
-    b, c, t, h, w = x.shape
-    shape, ws = (b, c, front + t + back, h, w), current_workspace()
-    out = (ws.empty("pre-activation", shape, x.dtype) if ws is not None
-           else torch.empty(shape, dtype=x.dtype, memory_format=torch.channels_last_3d))
-    frames = out[:, :, front:front + t]
-    F.silu(frames.copy_(x) if norm is None else torch.mul(x, norm.scale(x), out=frames), inplace=True)
-    out[:, :, :front] = frames[:, :, :1]
-    out[:, :, front + t:] = frames[:, :, -1:]
-    return out
+    (``norm=None``: no normalisation, ``x`` is left untouched)."""
+    return pad_time(F.silu(x) if norm is None else F.silu(norm(x), inplace=True), *time_pad)
 
 
 class ResBlock3d(nn.Module):
     """RMSNorm -> SiLU -> conv -> RMSNorm -> SiLU -> conv, plus a residual.
 
     ``depthwise=True`` uses ``DepthwiseSeparableConv3d`` with ``kernel_size`` (paper: 5); otherwise dense
-    3x3x3 convs. When the channel count changes, the shortcut is LayerNorm + 1x1x1 conv. Inside a
-    ``workspace`` the block writes its output into its input's memory.
+    3x3x3 convs. When the channel count changes, the shortcut is LayerNorm + 1x1x1 conv.
     """
 
     def __init__(self, in_channels: int, out_channels: int, depthwise: bool = False, kernel_size: int = 5,
@@ -311,21 +139,18 @@ class ResBlock3d(nn.Module):
         if in_channels != out_channels:
             self.shortcut = nn.Sequential(ChannelLayerNorm(in_channels), nn.Conv3d(in_channels, out_channels, 1))
 
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.shortcut is None else self.shortcut(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ws = current_workspace()
-        h_buf = None if ws is None else ws.zeros("resblock-conv1", (x.shape[0], self.out_channels, *x.shape[2:]), x.dtype)
-        h = self.conv1(rms_silu(self.norm1, x, self.conv1.time_pad), padded=True, add_to=h_buf)
-        h = rms_silu(self.norm2, h, self.conv2.time_pad)
-        skip = x if self.shortcut is None else conv(self.shortcut[1], self.shortcut[0](x))
-        if ws is None:
-            return self.conv2(h, padded=True).add_(skip)
-        return self.conv2(h, padded=True, add_to=skip)
+        h = self.conv1(rms_silu(self.norm1, x, self.conv1.time_pad), padded=True)
+        h = self.conv2(rms_silu(self.norm2, h, self.conv2.time_pad), padded=True)
+        return h + self.skip(x)
 
     def stream(self) -> Stream:
         main = Chain([Frames(lambda x: rms_silu(self.norm1, x)), self.conv1.stream(),
                       Frames(lambda x: rms_silu(self.norm2, x)), self.conv2.stream()])
-        skip = None if self.shortcut is None else (lambda x: conv(self.shortcut[1], self.shortcut[0](x)))
-        return Residual(main, skip)
+        return Residual(main, None if self.shortcut is None else self.shortcut)
 
 
 def channels_to_time(x: torch.Tensor, r_t: int) -> torch.Tensor:
@@ -497,5 +322,5 @@ class Upsampler2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         x = self.act(self.norm(x)).permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        x = F.pixel_shuffle(conv(self.conv, x), 2)
+        x = F.pixel_shuffle(self.conv(x), 2)
         return x.reshape(b, t, c // 4, 2 * h, 2 * w).permute(0, 2, 1, 3, 4)

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from .files import folder_problem
+from .frames import FrameRule
 from .student import StudentDecoder, TurboVAED
 from .teachers import DIFFUSERS_CLASSES, Teacher, build_teacher, diffusers_class
 
@@ -141,23 +142,23 @@ def has_teacher(cfg: dict) -> bool:
     return cfg["teacher"]["class"] != "none"
 
 
-def teacher_is_causal(cfg: dict) -> bool:
-    """From the config alone: the diffusers video VAEs take 1 + t*k frames (causal); TAEF2 works frame by frame."""
-    return cfg["teacher"]["class"] in DIFFUSERS_CLASSES
+def teacher_frame_rule(cfg: dict) -> FrameRule:
+    """From the config alone: the diffusers video VAEs take 1 + t*k frames (first frame alone); TAEF2 works frame
+    by frame."""
+    return FrameRule(int(cfg["compression"][0]), cfg["teacher"]["class"] in DIFFUSERS_CLASSES)
 
 
 def check_clip_fits(cfg: dict, num_frames: int, height: int, width: int) -> None:
     """ValueError naming the nearest valid values unless the config's teacher can encode clips of ``num_frames``
     frames at ``height`` x ``width``, decided from the config alone (before any weights are loaded): sizes must
-    be multiples of the spatial compression; the diffusers video VAEs (causal) take 1 + t*k frames, TAEF2 (per
+    be multiples of the spatial compression; the diffusers video VAEs take 1 + t*k frames (first frame alone), TAEF2 (per
     frame) any count."""
     ct, ch, cw = (int(v) for v in cfg["compression"])
-    causal = teacher_is_causal(cfg)
+    rule = teacher_frame_rule(cfg)
     teacher = f"the {cfg['name']} teacher (compression {ct}x{ch}x{cw})"
-    ok = (num_frames - 1) % ct == 0 if causal else num_frames % ct == 0
-    if num_frames < 1 or not ok:
-        lo = max(1 + ct, (num_frames - 1) // ct * ct + 1) if causal else max(ct, num_frames // ct * ct)
-        raise ValueError(f"--num_frames {num_frames}: {teacher} takes {'1 + ' if causal else ''}{ct}k frames; "
+    if not rule.fits(num_frames):
+        lo = rule.nearest(num_frames)
+        raise ValueError(f"--num_frames {num_frames}: {teacher} takes {rule.describe()} frames; "
                          f"use e.g. {lo} or {lo + ct}")
     for flag, size, m in (("height", height, ch), ("width", width, cw)):
         if size < m or size % m:

@@ -14,7 +14,12 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_write", "atomic_dir", "file_problem", "folder_problem"]
+__all__ = ["CheckpointMismatchError", "atomic_write", "atomic_dir", "file_problem", "folder_problem"]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's tensors do not match the module built to hold them (missing, unexpected or mis-shaped keys,
+    or config settings the model does not take): students, LPIPS and I3D weights alike."""
 
 
 def pid_alive(pid: int) -> bool:

@@ -226,7 +226,7 @@ class PipelineVAE(StrictModelMixin, ConfigMixin):
         stride = (max(1, self.tile_sample_stride_height // ch), max(1, self.tile_sample_stride_width // cw))
         overlap = (0, max(0, tile[1] - stride[0]), max(0, tile[2] - stride[1]))
         return tiled_decode(self.student.decode, latents, self.student.compression, tile, overlap,
-                            causal=self.student.num_output_frames(1) == 1)
+                            first_frame_alone=self.student.num_output_frames(1) == 1)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, temb: torch.Tensor | None = None, return_dict: bool = True):

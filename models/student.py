@@ -15,14 +15,12 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .blocks import SHUFFLES, Conv3d, MidBlock3d, RMSNorm, UpBlock3d, Upsampler2d, eager_cpu, rms_silu, workspace
+from .blocks import SHUFFLES, Conv3d, MidBlock3d, RMSNorm, UpBlock3d, Upsampler2d, rms_silu
+from .files import CheckpointMismatchError
+from .frames import FrameRule
 from .streaming import Chain, Frames, StudentStream
 
 BLOCK_NAMES = ("mid", "up0", "up1", "up2", "up3")
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's tensors do not match the model built from its config."""
 
 
 class StrictModelMixin(ModelMixin):
@@ -158,19 +156,8 @@ class TurboVAED(StudentDecoder):
         the direction of each pixel's feature vector; with the CPU demo's 12 output channels that costs
         about 1 dB (configs/taef2.yaml turns it off), with 64+ channels it is harmless.
 
-    CPU speed (float32, eager; see models/blocks.py and scripts/benchmark.py): ``forward`` turns the
-    latents into ``channels_last_3d`` and every block keeps that layout, so oneDNN convolves without
-    reordering activations; every conv goes through oneDNN (``blocks.conv``, with weights pre-packed when
-    no gradient is needed), RMSNorm is one fused reduction and the normalised activations are written
-    straight into the temporally padded conv input: 1.45x (LTX) and 1.27x (HunyuanVideo) faster than
-    plain PyTorch ops at 17x256x256 on one CPU thread, same outputs to ~1e-5. A no-grad decode also
-    reuses its large buffers and adds each residual inside a conv (``blocks.Workspace``: 0.83M -> 0.31M
-    page faults for the CogVideoX student at 17x256x256). Nothing to switch on: the
-    video comes back contiguous, block features (``return_features``) stay channels-last, weights and the
-    state dict keep the default layout, and training on CPU runs in the same layout (autograd through
-    ``torch.mkldnn_convolution``). ``student.to(memory_format=...)`` is not needed (and fails: the model
-    also holds 1D and 4D weights). On CUDA, under tracing/export or in other dtypes the model runs plain
-    PyTorch ops in the caller's layout.
+    Plain PyTorch ops in the caller's memory layout; ``models.cpu_fast.cpu_fast(student)`` swaps in the CPU
+    fast paths (oneDNN convolutions, fused norms, reused buffers) with the same state dict and outputs.
     """
 
     _supports_gradient_checkpointing = False
@@ -232,8 +219,8 @@ class TurboVAED(StudentDecoder):
 
     def num_output_frames(self, latent_frames: int) -> int:
         t = latent_frames
-        for r in self.temporal_factors:
-            t = r * (t - 1) + 1 if self.config.trim_first_frames else r * t
+        for r in self.temporal_factors:  # each temporal upsampler: the video frame rule with factor r
+            t = FrameRule(r, self.config.trim_first_frames).frames(t)
         return t
 
     # ---- forward --------------------------------------------------------------------------------
@@ -244,38 +231,30 @@ class TurboVAED(StudentDecoder):
         if unknown:
             raise ValueError(f"unknown feature blocks {sorted(unknown)}; choose from {BLOCK_NAMES}")
         feats = {}
-        fast_cpu = eager_cpu(latents)
-        x = latents.contiguous(memory_format=torch.channels_last_3d) if fast_cpu else latents
-        # a no-grad CPU decode reuses its large buffers (blocks.Workspace); never when block outputs are kept
-        with workspace(fast_cpu and not torch.is_grad_enabled() and not return_features) as ws:
-            x = self.mid(self.conv_in(x))
-            if "mid" in return_features:
-                feats["mid"] = x
-            for name, block in zip(BLOCK_NAMES[1:], self.up_blocks):
-                if ws is not None:
-                    ws.clear()  # the next block works at other shapes
-                x = block(x)
-                if name in return_features:
-                    feats[name] = x
-            for up in self.upsamplers_2d:
-                x = up(x)
-            video = self.conv_out(rms_silu(self.norm_out, x, self.conv_out.time_pad), padded=True)
-        if fast_cpu:
-            video = video.contiguous()
+        x = self.mid(self.conv_in(latents))
+        if "mid" in return_features:
+            feats["mid"] = x
+        for name, block in zip(BLOCK_NAMES[1:], self.up_blocks):
+            x = block(x)
+            if name in return_features:
+                feats[name] = x
+        for up in self.upsamplers_2d:
+            x = up(x)
+        video = self.conv_out(rms_silu(self.norm_out, x, self.conv_out.time_pad), padded=True)
         return (video, feats) if return_features else video
 
     def stream(self) -> StudentStream:
         """A fresh decode state for one clip: every temporal conv keeps its last input frames between chunks
-        (``models.streaming``); same layouts and CPU fast paths as ``forward`` (no workspace)."""
+        (``models.streaming``)."""
         stages = [self.conv_in.stream(), self.mid.stream(), *(b.stream() for b in self.up_blocks),
                   *(Frames(up) for up in self.upsamplers_2d), Frames(lambda x: rms_silu(self.norm_out, x)),
                   self.conv_out.stream()]
 
         def prepare(latents):
             self.check_latents(latents)
-            return latents.contiguous(memory_format=torch.channels_last_3d) if eager_cpu(latents) else latents
+            return latents
 
-        return StudentStream(Chain(stages), prepare, lambda video: video.contiguous())
+        return StudentStream(Chain(stages), prepare)
 
     @property
     def last_layer_weight(self) -> torch.nn.Parameter:

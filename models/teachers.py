@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .frames import FrameRule
 from .taef2 import DECODER_STAGES, LATENT_CHANNELS, load_taef2
 
 DIFFUSERS_CLASSES = ("AutoencoderKLLTXVideo", "AutoencoderKLHunyuanVideo", "AutoencoderKLCogVideoX",
@@ -37,12 +38,12 @@ class TeacherLoadError(OSError):
 
 
 class Teacher(nn.Module):
-    """Common interface. Subclasses set ``latent_channels``, ``compression`` (t, h, w), ``causal``
-    (True when videos have 1 + t*k frames) and implement the three methods."""
+    """Common interface. Subclasses set ``latent_channels``, ``compression`` (t, h, w), ``first_frame_alone``
+    (True when videos have 1 + t*k frames, see ``frame_rule``) and implement the three methods."""
 
     latent_channels: int
     compression: tuple[int, int, int]
-    causal: bool
+    first_frame_alone: bool
     block_names: tuple[str, ...]
 
     def train(self, mode: bool = True):  # frozen: always eval
@@ -60,13 +61,16 @@ class Teacher(nn.Module):
     def check_video(self, video: torch.Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"teacher expects video (B, 3, T, H, W) in [-1, 1], got {tuple(video.shape)}")
-        ct, ch, cw = self.compression
+        _, ch, cw = self.compression
         t = video.shape[2]
-        ok_t = (t - 1) % ct == 0 if self.causal else t % ct == 0
-        if not ok_t or video.shape[3] % ch or video.shape[4] % cw:
-            need = f"1 + {ct}k" if self.causal else f"a multiple of {ct}"
+        if not self.frame_rule.fits(t) or video.shape[3] % ch or video.shape[4] % cw:
+            need = self.frame_rule.describe()
             raise ValueError(f"video of {t} frames at {video.shape[3]}x{video.shape[4]} does not fit this teacher: "
                              f"frames must be {need}, height and width multiples of {ch} and {cw}")
+
+    @property
+    def frame_rule(self) -> FrameRule:
+        return FrameRule(self.compression[0], self.first_frame_alone)
 
     def decoder_parameters(self) -> int:
         raise NotImplementedError
@@ -87,7 +91,7 @@ class DiffusersTeacher(Teacher):
         self.kind = type(vae).__name__
         self.latent_channels = cfg.get("latent_channels", cfg.get("z_dim"))
         self.compression = _compression(vae)
-        self.causal = True  # all four diffusers video VAEs decode 1 + t*k frames
+        self.first_frame_alone = True  # all four diffusers video VAEs decode 1 + t*k frames
         self.block_names = ("mid",) + tuple(f"up{i}" for i in range(len(vae.decoder.up_blocks)))
         self.decode_timestep = decode_timestep
         mean, scale = latent_normalization(vae, normalization)
@@ -227,7 +231,7 @@ class TAEF2Teacher(Teacher):
 
     latent_channels = LATENT_CHANNELS
     compression = (1, 8, 8)
-    causal = False
+    first_frame_alone = False
     block_names = tuple(DECODER_STAGES)
 
     def __init__(self, encoder_path=None, decoder_path=None):

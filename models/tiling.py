@@ -1,16 +1,16 @@
 """Tiled decoding: decode latents in overlapping spatial (and temporal) tiles so memory stays bounded.
 
-``tiled_decode(decode_fn, latents, compression, tile_latent, overlap_latent, causal)`` cuts latents
+``tiled_decode(decode_fn, latents, compression, tile_latent, overlap_latent, first_frame_alone)`` cuts latents
 ``(B, C, T', H', W')`` into a grid of overlapping tiles, decodes each with ``decode_fn`` and blends the
 decoded tiles with linear ramps over the overlaps (weights normalised to sum to 1 everywhere). The
 result has the shape of a full decode: ``(B, 3, T, H' * ch, W' * cw)`` with ``T = T' * ct``
-(``causal=False``) or ``T = 1 + (T' - 1) * ct`` (``causal=True``).
+(``first_frame_alone=False``) or ``T = 1 + (T' - 1) * ct`` (``first_frame_alone=True``).
 
 * Tiles along a dimension start every ``tile - overlap`` latents; the last tile is moved back to end
   at the border, so every tile has the full tile size (its overlap with the previous one may grow).
 * Spatially, latent ``[s, e)`` decodes to pixels ``[s * c, e * c)``.
-* Temporally (only when a clip has more latent frames than the tile): non-causal latent frames
-  ``[s, e)`` decode to frames ``[s * ct, e * ct)``. For causal decoders a tile starting at ``s > 0``
+* Temporally (only when a clip has more latent frames than the tile): latent frames (every frame in a group of ct)
+  ``[s, e)`` decode to frames ``[s * ct, e * ct)``. For first-frame-alone decoders a tile starting at ``s > 0``
   treats latent ``s`` as its first (image) frame, so its first decoded frame is dropped (as diffusers'
   temporal tiling does) and the rest are frames ``[1 + s * ct, 1 + (e - 1) * ct)``: latent ``s`` acts
   as context only, so ``overlap_latent[0] >= 2`` is needed for a blend.
@@ -56,10 +56,10 @@ def tile_spans(size: int, tile: int | None, overlap: int) -> list[tuple[int, int
     return spans
 
 
-def _out_span(span: tuple[int, int], factor: int, causal: bool, first: bool) -> tuple[int, int, int]:
+def _out_span(span: tuple[int, int], factor: int, first_frame_alone: bool, first: bool) -> tuple[int, int, int]:
     """(out_start, out_end, frames_to_drop) of a latent span along time; ``factor`` = ct."""
     s, e = span
-    if not causal:
+    if not first_frame_alone:
         return s * factor, e * factor, 0
     if first:  # s == 0: latent 0 -> frame 0, then ct frames per latent
         return 0, 1 + (e - 1) * factor, 0
@@ -128,14 +128,14 @@ def tiled_decode(
     compression: Sequence[int],
     tile_latent: Sequence[int | None] = (None, 32, 32),
     overlap_latent: Sequence[int] = (0, 8, 8),
-    causal: bool = False,
+    first_frame_alone: bool = False,
     out_device: torch.device | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Decode ``latents`` (B, C, T', H', W') tile by tile; returns what ``decode_fn(latents)`` would.
 
     ``tile_latent`` / ``overlap_latent``: (T, H, W) tile sizes and overlaps in latent units (a tile
-    size of None = the whole dimension). ``causal``: time follows ``1 + (T' - 1) * ct``.
+    size of None = the whole dimension). ``first_frame_alone``: time follows ``1 + (T' - 1) * ct`` (``models.frames.FrameRule``).
     ``out_device``: where the blended output is kept (default: the latents' device), e.g. "cpu" to
     keep a GPU's memory for the decoder. ``progress(done, total)`` is called after each tile.
     """
@@ -152,7 +152,7 @@ def tiled_decode(
         out = decode_fn(latents)
         return out if out_device is None else out.to(out_device)
 
-    t_out = [_out_span(sp, ct, causal, i == 0) for i, sp in enumerate(t_spans)]
+    t_out = [_out_span(sp, ct, first_frame_alone, i == 0) for i, sp in enumerate(t_spans)]
     h_out = [(s * ch, e * ch) for s, e in h_spans]
     w_out = [(s * cw, e * cw) for s, e in w_spans]
     T = t_out[-1][1]
@@ -175,7 +175,7 @@ def tiled_decode(
                     raise ValueError(
                         f"decoded tile of latents {(te - ts, he - hs, we - ws)} has (T, H, W) {tuple(tile.shape[2:])} "
                         f"after dropping {drop} frame(s), expected {want} for compression {tuple(compression)} "
-                        f"(causal={causal}); check the compression and causal arguments")
+                        f"(first_frame_alone={first_frame_alone}); check the compression and first_frame_alone arguments")
                 if out is None:
                     out = torch.zeros((b, tile.shape[1], T, H, W), dtype=tile.dtype, device=dev)
                 tile = tile.to(dev)

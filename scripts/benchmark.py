@@ -15,6 +15,11 @@ time and peak memory (``student_peak_mb``) are those of ``student.decode``, whic
 ``student_chunk`` latent frames at a time (``models/streaming.py``): e.g. ``--frames 121`` vs ``--frames 17``
 shows what a long clip costs.
 
+On CPU in float32 the speed-up is reported twice, each side with the same tricks: both sides plain PyTorch
+(the ``speedup`` keys: the architecture alone), and both sides through the CPU transform
+``models.cpu_fast.cpu_fast`` (oneDNN for every conv, fused norms; the ``cpu_fast`` entry: what a CPU user gets).
+The four decoders run interleaved in one loop.
+
 Single-config runs also time the student's decoupled vs classic 3D pixel shuffle (same weights up to a
 channel permutation, same output) in PyTorch and in ONNX Runtime (``--skip_shuffle`` to leave out).
 ``--all`` runs every config and writes a markdown table (``--markdown``, default next to ``--json``).
@@ -22,6 +27,7 @@ channel permutation, same output) in PyTorch and in ONNX Runtime (``--skip_shuff
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import gc
 import json
@@ -40,6 +46,7 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 from models.cli import ArgumentParser, run, user_errors  # noqa: E402
 from models.config import config_names, has_teacher, load_config, load_teacher  # noqa: E402
+from models.cpu_fast import cpu_fast  # noqa: E402
 from models.student import TurboVAED  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -186,16 +193,21 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     else:
         res["note"] = (note + "; " if note else "") + "no public teacher: student only"
 
-    runners = {f"teacher ({m})": (lambda fn: (lambda: fn(z)))(teacher_decode_fn(teacher, s)) for m, s in modes.items()}
-
-    def run_student():  # the decode users get: a stream of ``student.default_chunk`` latent frames at a time
-        with torch.inference_mode():
-            return student.decode(z)
-    runners["student"] = run_student
+    both_sides = {"": (teacher, student)}
+    if device.type == "cpu" and dtype == torch.float32:  # the same CPU transform on both sides, timed in the same loop
+        both_sides[FAST] = (None if teacher is None else cpu_fast(copy.deepcopy(teacher)),
+                           cpu_fast(copy.deepcopy(student)))
+    runners = {}
+    for side, (t_model, s_model) in both_sides.items():
+        runners.update({f"teacher ({m}){side}": (lambda fn: (lambda: fn(z)))(teacher_decode_fn(t_model, s))
+                        for m, s in modes.items()})
+        runners[f"student{side}"] = (lambda model: (lambda: student_decode(model, z)))(s_model)
     print(f"[{name}] latents {tuple(shape)} -> video {frames}x{height}x{width}, {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr, flush=True)
     timing = measure(runners, args.warmup, args.repeats, device)
 
+    if FAST in both_sides:
+        res["cpu_fast"] = fast_side(timing, modes, frames)
     s = timing["student"]
     res.update(student_ms=s["ms"], student_fps=frames * 1e3 / s["ms"], student_peak_mb=s["peak_mb"],
                student_all_ms=s["all_ms"], student_macs=count_macs(meta_copy(student), z.to("meta")))
@@ -223,6 +235,27 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     if not args.skip_shuffle and not args.all and isinstance(student, TurboVAED):  # the decoupled shuffle is Turbo-VAED's
         res["shuffle"] = shuffle_comparison(student, z, args)
     return res
+
+
+FAST = " cpu_fast"  # runner-name suffix of the decoders through models.cpu_fast
+
+
+def student_decode(student, z: torch.Tensor) -> torch.Tensor:
+    """The decode users get: a stream of ``student.default_chunk`` latent frames at a time."""
+    with torch.inference_mode():
+        return student.decode(z)
+
+
+def fast_side(timing: dict, modes: dict, frames: int) -> dict:
+    """Student time and speed-ups with ``cpu_fast`` on both sides."""
+    s = timing["student" + FAST]
+    out = {"student_ms": s["ms"], "student_fps": frames * 1e3 / s["ms"], "student_all_ms": s["all_ms"],
+           "teacher_modes": {}}
+    for m in modes:
+        t = timing[f"teacher ({m}){FAST}"]
+        out["teacher_modes"][m] = {"ms": t["ms"], "all_ms": t["all_ms"], "speedup": t["ms"] / s["ms"],
+                                   "speedup_paired": statistics.median(a / b for a, b in zip(t["all_ms"], s["all_ms"]))}
+    return out
 
 
 def shuffle_comparison(student: TurboVAED, z: torch.Tensor, args) -> dict:
@@ -268,9 +301,18 @@ def print_single(res: dict) -> None:
     for label, p, macs, ms, fps, mb, sp, mr in rows:
         print(f"{label:22s} {_fmt(p / 1e6, 'M', 2):>12s} {_fmt(macs / 1e9, '', 1):>10s} {_fmt(ms):>10s} "
               f"{_fmt(fps, '', 2):>8s} {_fmt(mb):>9s} {_fmt(sp, 'x', 2):>10s} {_fmt(mr, 'x', 2):>10s}")
+    fast = res.get("cpu_fast", {"teacher_modes": {}})
+    if "student_ms" in fast:
+        print(f"student through cpu_fast: {fast['student_ms']:.0f} ms ({res['student_ms'] / fast['student_ms']:.2f}x "
+              f"the plain student)")
     for m, t in res.get("teacher_modes", {}).items():
-        print(f"speedup vs teacher ({m}): {t['speedup']:.2f}x from medians, {t['speedup_paired']:.2f}x median of "
-              f"per-round ratios")
+        print(f"speedup vs teacher ({m}), both plain: {t['speedup']:.2f}x from medians, {t['speedup_paired']:.2f}x "
+              f"median of per-round ratios")
+        if m in fast["teacher_modes"]:
+            f = fast["teacher_modes"][m]
+            print(f"speedup vs teacher ({m}), both cpu_fast: {f['speedup']:.2f}x from medians, "
+                  f"{f['speedup_paired']:.2f}x median of per-round ratios (teacher {f['ms']:.0f} ms, "
+                  f"student {fast['student_ms']:.0f} ms)")
     if res.get("note"):
         print(f"note: {res['note']}")
     sh = res.get("shuffle")
@@ -302,6 +344,12 @@ def markdown_table(results: list[dict]) -> str:
     lines.append(f"\n{r0.get('resolution')}, {r0.get('device')} {r0.get('dtype')}, {r0.get('threads')} threads, median "
                  f"of {r0.get('repeats')} interleaved runs (paired: median over rounds of teacher / student time); "
                  f"teachers: diffusers default (eval, inference_mode), random weights; MACs from torch's FLOP counter.")
+    fast = [f"| {r['config']} | {m} | {_fmt(t['ms'])} | {_fmt(r['cpu_fast']['student_ms'])} | "
+            f"{_fmt(t['speedup'], 'x', 1)} | {_fmt(t['speedup_paired'], 'x', 1)} |"
+            for r in results if r.get("cpu_fast") for m, t in r["cpu_fast"]["teacher_modes"].items()]
+    if fast:
+        lines += ["\nBoth sides through the CPU transform (models/cpu_fast.py), same runs:\n",
+                  "| config | teacher mode | teacher ms | student ms | speedup | paired |", "|---|---|---|---|---|---|", *fast]
     notes = [f"{r['config']}: {r['note']}" for r in results if r.get("note")]
     return "\n".join(lines + [f"- {n}" for n in notes])
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from models.assets import fetch_command, missing_message
 
@@ -58,3 +59,18 @@ def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
     make_procedural_clips(d, num_clips=4, num_frames=12, size=(64, 64), seed=3)
     return d
+
+
+def narrow_student(name: str, **turbo_overrides):
+    """The student of config ``name`` in the config's layout with 16-channel blocks and ``turbo_overrides`` (a
+    teacher-derived config's own student, already small, as it is); 32x students keep 64 channels into their 2D
+    upsamplers, as the ltx config does (an RMSNorm over the 1 or 4 channels they would leave is ill-conditioned).
+    Eval mode, seeded."""
+    from models.config import build_student, is_derived, load_config
+
+    cfg = load_config(name)
+    torch.manual_seed(0)
+    if is_derived(cfg):
+        return build_student(cfg).eval()
+    last = 64 if cfg["student"]["num_upsamplers_2d"] else 16
+    return build_student(cfg, **{"block_out_channels": [16] * 4 + [last], **turbo_overrides}).eval()

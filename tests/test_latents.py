@@ -33,7 +33,7 @@ class CountingTeacher:
             raise RuntimeError("simulated crash")
         return self.teacher.encode(video)
 
-    def __getattr__(self, name):  # compression, causal, latent_channels
+    def __getattr__(self, name):  # compression, first_frame_alone, latent_channels
         return getattr(self.teacher, name)
 
 

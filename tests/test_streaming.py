@@ -6,22 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.config import build_student, config_names, is_derived, load_config
+from conftest import narrow_student
+
+from models.config import config_names
 from models.streaming import Chain, Frames, Residual, TemporalConv, Trim
-
-SMALL = {"block_out_channels": [16, 16, 16, 16, 16]}  # the config's layout, narrow blocks
-
-
-def small_student(name: str):
-    cfg = load_config(name)
-    torch.manual_seed(0)
-    student = build_student(cfg) if is_derived(cfg) else build_student(cfg, **SMALL)
-    return student.eval()
-
 
 @pytest.mark.parametrize("name", config_names())
 def test_streaming_equals_one_pass(name):
-    student = small_student(name)
+    student = narrow_student(name)
     ct, ch, cw = student.compression
     t = max(4, 12 // ct)
     z = torch.randn(1, student.config.latent_channels, t, 2, 2 if ch == 32 else 3)
@@ -39,7 +31,7 @@ def test_streaming_equals_one_pass(name):
 def test_frames_come_out_while_the_clip_is_fed(name, frames):
     """A causal student answers each chunk at once; a non-causal one once the chunks have passed its receptive
     field (the taef2 student's: about 24 frames), long before the clip ends."""
-    student = small_student(name)
+    student = narrow_student(name)
     z = torch.randn(1, student.config.latent_channels, frames, 2, 2)
     state, parts, ready_after = student.stream(), [], []
     with torch.no_grad():

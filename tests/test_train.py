@@ -145,8 +145,8 @@ def test_bad_settings_are_clear(clips, tmp_path):
     assert latents.shape[2] == video.shape[2] == 2  # TAEF2: one latent frame per video frame
     with pytest.raises(ValueError, match="colour_augment 1.5: the share of training clips"):
         train_mod.Trainer(settings(clips, tmp_path / "e", colour_augment=1.5))
-    t.teacher.causal = True
-    with pytest.raises(ValueError, match="non-causal teacher"):
+    t.teacher.first_frame_alone = True
+    with pytest.raises(ValueError, match="without a first frame alone"):
         t.latents_and_video(next(t.batches(0)))
     with pytest.raises(ValueError, match="need more than --num_holdout"):
         train_mod.Trainer(settings(clips, tmp_path, num_holdout=4))

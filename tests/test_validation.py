@@ -28,17 +28,17 @@ METRICS_SCRIPT = REPO / "train_vae" / "validation_metrics.py"
 # ---------------------------------------------------------------------------------------------
 
 class PointwiseDecoder(nn.Module):
-    """1x1x1 conv, then nearest upsampling in space and time (causal: latent 0 -> one frame)."""
+    """1x1x1 conv, then nearest upsampling in space and time (first_frame_alone: latent 0 -> one frame)."""
 
-    def __init__(self, compression=(1, 8, 8), causal=False, channels=4):
+    def __init__(self, compression=(1, 8, 8), first_frame_alone=False, channels=4):
         super().__init__()
-        self.compression, self.causal = compression, causal
+        self.compression, self.first_frame_alone = compression, first_frame_alone
         self.conv = nn.Conv3d(channels, 3, 1)
 
     def forward(self, z):
         ct, ch, cw = self.compression
         y = self.conv(z)
-        if self.causal:
+        if self.first_frame_alone:
             y = torch.cat([y[:, :, :1], y[:, :, 1:].repeat_interleave(ct, 2)], 2)
         else:
             y = y.repeat_interleave(ct, 2)
@@ -56,15 +56,16 @@ def test_tile_spans_cover_and_align():
         tile_spans(10, 4, 4)
 
 
-@pytest.mark.parametrize("compression,causal", [((1, 8, 8), False), ((4, 8, 8), False), ((4, 8, 8), True),
+@pytest.mark.parametrize("compression,first_frame_alone", [((1, 8, 8), False), ((4, 8, 8), False), ((4, 8, 8), True),
                                                 ((8, 32, 32), True)])
-def test_tiled_decode_pointwise_equals_full(compression, causal):
+def test_tiled_decode_pointwise_equals_full(compression, first_frame_alone):
     torch.manual_seed(0)
-    dec = PointwiseDecoder(compression, causal)
+    dec = PointwiseDecoder(compression, first_frame_alone)
     z = torch.randn(2, 4, 7, 11, 9) if compression[1] == 8 else torch.randn(1, 4, 5, 5, 4)
     with torch.no_grad():
         full = dec(z)
-        tiled = tiled_decode(dec, z, compression, tile_latent=(3, 4, 5), overlap_latent=(2, 2, 1), causal=causal)
+        tiled = tiled_decode(dec, z, compression, tile_latent=(3, 4, 5), overlap_latent=(2, 2, 1),
+                             first_frame_alone=first_frame_alone)
     assert tiled.shape == full.shape
     torch.testing.assert_close(tiled, full, atol=1e-5, rtol=1e-5)
 
@@ -88,10 +89,10 @@ def test_tiled_decode_local_decoder_close():
     assert float(psnr(to_unit(full), to_unit(tiled))[0]) > 40.0
 
 
-def test_tiled_decode_rejects_wrong_causality():
-    dec = PointwiseDecoder((4, 8, 8), causal=True)
-    with torch.no_grad(), pytest.raises(ValueError, match="causal"):
-        tiled_decode(dec, torch.randn(1, 4, 6, 4, 4), (4, 8, 8), (3, 2, 2), (1, 1, 1), causal=False)
+def test_tiled_decode_rejects_the_wrong_frame_rule():
+    dec = PointwiseDecoder((4, 8, 8), first_frame_alone=True)
+    with torch.no_grad(), pytest.raises(ValueError, match="first_frame_alone"):
+        tiled_decode(dec, torch.randn(1, 4, 6, 4, 4), (4, 8, 8), (3, 2, 2), (1, 1, 1), first_frame_alone=False)
 
 
 def test_default_tiles():
@@ -146,8 +147,7 @@ def single_run(setup):
 
 def test_load_student_resolution(setup, tmp_path):
     from models.student import TurboVAED
-    from models.config import resolve_student_dir
-    from train_vae.validation_metrics import load_student
+    from models.config import load_student, resolve_student_dir
 
     cfg = load_config("taef2")
     assert resolve_student_dir(setup / "student") == setup / "student"
@@ -156,17 +156,15 @@ def test_load_student_resolution(setup, tmp_path):
     for f in (setup / "student").iterdir():
         (ckpt / "student" / f.name).write_bytes(f.read_bytes())
     assert resolve_student_dir(ckpt) == ckpt / "student"
-    assert isinstance(load_student(ckpt, cfg), TurboVAED)
-    teacher = load_teacher(cfg)
-    assert load_student("teacher", cfg, teacher=teacher) is teacher
+    assert isinstance(load_student(cfg, ckpt), TurboVAED)
     with pytest.raises(FileNotFoundError, match="step_000010"):  # output folder without student/: names the checkpoint
-        load_student(tmp_path / "out", cfg)
+        load_student(cfg, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_student(tmp_path / "nope", cfg)
+        load_student(cfg, tmp_path / "nope")
     wrong = build_student(load_config("wan"), block_out_channels=[8] * 5, layers_per_block=[1] * 5)
     wrong.save_pretrained(tmp_path / "wan_student")
     with pytest.raises(ValueError, match="wrong --config"):
-        load_student(tmp_path / "wan_student", cfg)
+        load_student(cfg, tmp_path / "wan_student")
 
 
 def test_metrics_single_process(single_run):

@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from models.assets import cache_dir as user_cache_dir
+
 logger = logging.getLogger(__name__)
 
 # containers PyAV/FFmpeg read as video; other files in a data folder are named in one warning, never silently dropped
@@ -82,7 +84,6 @@ __all__ = [
     "split_files",
     "collate_videos",
     "make_procedural_clips",
-    "default_cache_dir",
 ]
 
 
@@ -342,10 +343,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 # index
 # --------------------------------------------------------------------------------------------
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TURBO_VAED_CACHE") or Path.home() / ".cache" / "turbo_vaed").expanduser()
-
-
 @dataclass(frozen=True)
 class VideoEntry:
     path: str  # relative to the data dir, '/'-separated
@@ -392,7 +389,7 @@ class VideoIndex:
         self.cache_path: Path | None = None
         if use_cache:
             digest = hashlib.sha1(str(self.data_dir).encode("utf-8")).hexdigest()
-            base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+            base = Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir()
             self.cache_path = base / "video_index" / f"{digest}.json"
         self.entries: list[VideoEntry] = []
         self.skipped: dict[str, str] = {}

@@ -120,7 +120,7 @@ class FeatureProjection(nn.Module):
 
     Two stacked 1x1x1 convs (paper Table 7) with a SiLU between them. When the teacher block is at
     a higher resolution by (r_t, r_h, r_w), the second conv predicts C_t * r_t * r_h * r_w channels that
-    the decoupled pixel shuffle moves into time and space (dropping r_t - 1 leading frames for causal
+    the decoupled pixel shuffle moves into time and space (dropping r_t - 1 leading frames for first-frame-alone
     teachers). When the teacher block is at a lower spatial resolution, the student feature is first
     folded space-to-depth.
     """

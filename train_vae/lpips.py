@@ -16,13 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.files import CheckpointMismatchError
 from models.weights import resolve_weight
 
 __all__ = ["LPIPS", "CheckpointMismatchError", "alexnet_features", "vgg16_features", "load_backbone_state"]
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's keys do not match the module it is loaded into."""
 
 
 # net name -> (backbone weight name, linear weight name, tap indices, tapped channels)

@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 
 from models.cli import ArgumentParser, UserError, check_dir, check_writable_dir, run, user_errors
 from models.config import (build_student, check_clip_fits, has_teacher, is_derived, load_config, load_teacher,
-                           teacher_config_of, teacher_is_causal)
+                           teacher_config_of, teacher_frame_rule)
+from models.cpu_fast import fast_on
 from models.files import atomic_dir, atomic_write, folder_problem
 from models.student import StudentDecoder
 from train_vae.augment import ColourJitter
@@ -222,9 +223,9 @@ def check_settings(s: dict) -> None:
     if s["train_crop"] and (s["train_crop"] % ch or s["train_crop"] > s["resolution"]):
         raise UserError(f"--train_crop {s['train_crop']} must be a multiple of {ch} and at most the clip size "
                         f"{s['resolution']}; e.g. {max(ch, min(s['resolution'], s['train_crop']) // ch * ch)}, or 0 for none")
-    if s["train_frames"] and teacher_is_causal(cfg):
-        raise UserError(f"--train_frames {s['train_frames']}: needs a non-causal teacher (frame-wise or 4k-frame "
-                        f"VAEs), and config {cfg['name']}'s is causal; use --train_frames 0")
+    if s["train_frames"] and teacher_frame_rule(cfg).first_frame_alone:
+        raise UserError(f"--train_frames {s['train_frames']}: needs a teacher without a first frame alone (frame-wise "
+                        f"or 4k-frame VAEs), and config {cfg['name']}'s takes 1 + 4k frames; use --train_frames 0")
     if s["data_dir"] is not None:
         check_dir(s["data_dir"], "--data_dir", "video folder")
     check_writable_dir(s["output_dir"], "--output_dir")
@@ -288,7 +289,7 @@ def holdout_windows(index: VideoIndex, files: list[str], teacher, num_frames: in
 
 def calibration_latents(dataset, teacher, samples: int, frames: int | None, seed: int) -> torch.Tensor:
     """``samples`` latent clips spread evenly over a training set (cached latents, or encoded now), each cut to
-    ``frames`` latent frames (a seeded random run; the leading frames for causal teachers, whose first latent
+    ``frames`` latent frames (a seeded random run; the leading frames for first-frame-alone teachers, whose first latent
     frame is special; all frames if None), for deriving a student. Deterministic; the global RNG is untouched."""
     n = min(samples, len(dataset))
     if n < 1:
@@ -302,7 +303,7 @@ def calibration_latents(dataset, teacher, samples: int, frames: int | None, seed
         k = frames or z.shape[1]
         if k > z.shape[1]:
             raise ValueError(f"--calibration_frames {k} exceeds the {z.shape[1]} latent frames of a clip")
-        start = 0 if teacher.causal else int(torch.randint(z.shape[1] - k + 1, (), generator=gen))
+        start = 0 if teacher.first_frame_alone else int(torch.randint(z.shape[1] - k + 1, (), generator=gen))
         clips.append(z[:, start:start + k].float().cpu())
     return torch.stack(clips)
 
@@ -331,7 +332,8 @@ class Trainer:
         self.colour_jitter = ColourJitter(s["colour_augment"]) if s["colour_augment"] else None
         self.teacher = load_teacher(self.cfg).to(self.device)
         self._setup_data()
-        student = self._make_student().to(self.device)  # a Turbo-VAED student picks its fast CPU layout itself
+        # on CPU, oneDNN forward and backward (models/cpu_fast.py); parameters and checkpoints stay the plain model's
+        student = fast_on(self._make_student().to(self.device), self.device)
         distill = self._build_distillation(student) if self.weights.uses("distill") else None
         self.model = Generator(student, distill).to(self.device)
         self.recon = ReconstructionLoss(self.weights.uses("lpips"), s["lpips_frames"]).to(self.device)
@@ -408,14 +410,15 @@ class Trainer:
     def latents_and_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's latents (cached, or encoded now) and video. With ``train_crop`` a random square crop
         of both, aligned to the latent grid; with ``train_frames`` a random run of that many latent frames
-        (non-causal teachers only: a causal VAE's first latent frame is special). Cheaper steps on the
+        (teachers without a first frame alone only: in a 1 + 4k VAE the first latent frame is special). Cheaper steps on the
         same windows; the student is fully convolutional, and validation decodes whole windows."""
         video = batch["video"].to(self.device)
         latents = batch["latents"].to(self.device) if "latents" in batch else self.teacher.encode(video)
         n = self.s["train_frames"]
         if n and n < latents.shape[2]:
-            if self.teacher.causal:
-                raise ValueError("--train_frames needs a non-causal teacher (frame-wise or 4k-frame VAEs)")
+            if self.teacher.first_frame_alone:
+                raise ValueError("--train_frames needs a teacher without a first frame alone (frame-wise or 4k-frame "
+                                 "VAEs)")
             ct = self.teacher.compression[0]
             a = int(torch.randint(latents.shape[2] - n + 1, ()))
             latents, video = latents[:, :, a:a + n], video[:, :, a * ct:(a + n) * ct]

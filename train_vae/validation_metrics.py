@@ -55,14 +55,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from train_vae.i3d import I3D_MIN_FRAMES
+
 __all__ = [
-    "Clip", "load_student", "check_request", "list_clips", "window_starts", "load_clip",
-    "read_clip_frames", "resize_crop_video", "check_geometry", "latent_frames_for", "summarize",
+    "Clip", "check_request", "list_clips", "window_starts", "load_clip",
+    "read_clip_frames", "resize_crop_video", "check_geometry", "summarize",
     "markdown_table", "main",
 ]
-
-I3D_MIN_FRAMES = 9
-
 
 # ---------------------------------------------------------------------------------------------
 # student resolution
@@ -71,22 +70,6 @@ I3D_MIN_FRAMES = 9
 def _student_dir(path: str | os.PathLike) -> Path:
     from models.config import resolve_student_dir
     return resolve_student_dir(path).resolve()
-
-
-def load_student(path_or_teacher: str | os.PathLike, cfg: dict, teacher: torch.nn.Module | None = None,
-                 device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The decoder to evaluate as "student": ``"teacher"`` gives the teacher itself (``teacher`` if
-    given, else ``load_teacher(cfg)``); otherwise ``models.config.load_student`` (strict, checked against
-    the config's latent space). Returned in eval mode on ``device``."""
-    from models.config import has_teacher, load_student as load_trained, load_teacher
-
-    if str(path_or_teacher).strip().lower() == "teacher":
-        if teacher is None:
-            if not has_teacher(cfg):
-                raise ValueError(f"config {cfg.get('name')!r} has no teacher, so --student teacher is impossible")
-            teacher = load_teacher(cfg)
-        return teacher.to(device).eval()
-    return load_trained(cfg, path_or_teacher).to(device)
 
 
 def check_request(config: str, student: str, data: str | os.PathLike, num_frames: int | None,
@@ -216,22 +199,14 @@ def load_clip(clip: Clip, resolution: int | tuple[int, int]) -> torch.Tensor:
 # geometry checks
 # ---------------------------------------------------------------------------------------------
 
-def latent_frames_for(frames: int, compression: Sequence[int], causal: bool) -> int | None:
-    ct = int(compression[0])
-    if causal:
-        return (frames - 1) // ct + 1 if frames >= 1 and (frames - 1) % ct == 0 else None
-    return frames // ct if frames >= ct and frames % ct == 0 else None
-
-
 def check_geometry(teacher, student, num_frames: int, height: int, width: int) -> tuple[int, ...]:
     """Latent shape (1, C, T', H', W') of a clip for this teacher; ValueError (naming valid values) when
     the teacher cannot encode it or the student cannot decode those latents to the same size."""
-    ct, ch, cw = teacher.compression
-    t = latent_frames_for(num_frames, teacher.compression, teacher.causal)
+    _, ch, cw = teacher.compression
+    t = teacher.frame_rule.latent_frames(num_frames)
     if t is None:
-        valid = [1 + ct * k for k in range(1, 5)] if teacher.causal else [ct * k for k in range(1, 5)]
-        raise ValueError(f"the teacher (compression {tuple(teacher.compression)}, causal={teacher.causal}) cannot "
-                         f"encode {num_frames} frames; valid counts are {valid}, ...")
+        raise ValueError(f"the teacher (compression {tuple(teacher.compression)}, {teacher.frame_rule.describe()} "
+                         f"frames) cannot encode {num_frames} frames; valid counts are {teacher.frame_rule.valid()}, ...")
     if height % ch or width % cw:
         raise ValueError(f"frame size {height}x{width} is not a multiple of the teacher's spatial compression "
                          f"{ch}x{cw}")
@@ -459,11 +434,12 @@ def _run(args: argparse.Namespace) -> dict | None:
     t0 = time.time()
     try:
         from models.config import load_teacher
+        from models.cpu_fast import fast_on
         from train_vae.i3d import I3DFeatureExtractor
         from train_vae.lpips import LPIPS
 
-        teacher = load_teacher(cfg).to(device).eval()
-        student = teacher if trained is None else trained.to(device)
+        teacher = fast_on(load_teacher(cfg).to(device).eval(), device)  # CPU: same video, faster
+        student = teacher if trained is None else fast_on(trained.to(device), device)
         same = student is teacher
         check_geometry(teacher, student, args.num_frames, args.resolution, args.resolution)
         mine = clips[d.rank::d.world]

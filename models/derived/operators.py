@@ -99,11 +99,15 @@ class Conv3d(nn.Module):
         self.time_pad = TimePadding(time_padding, k[0])
         self.padding = (0, k[1] // 2, k[2] // 2)
 
+    def valid_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv of ``x`` already padded in time."""
+        return F.conv3d(x, self.weight, self.bias, padding=self.padding)
+
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        return F.conv3d(self.time_pad(x, cache, self), self.weight, self.bias, padding=self.padding)
+        return self.valid_conv(self.time_pad(x, cache, self))
 
     def stream(self) -> Stream:
-        return self.time_pad.stream(lambda x: F.conv3d(x, self.weight, self.bias, padding=self.padding))
+        return self.time_pad.stream(self.valid_conv)
 
 
 class FrameConv(nn.Module):
@@ -116,9 +120,13 @@ class FrameConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         self.padding = (kernel // 2, kernel // 2)
 
+    def frame_conv(self, frames: torch.Tensor) -> torch.Tensor:
+        """The 2D conv of frames (N, C, H, W)."""
+        return F.conv2d(frames, self.weight, self.bias, padding=self.padding)
+
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, w), self.weight, self.bias, padding=self.padding)
+        y = self.frame_conv(x.transpose(1, 2).reshape(b * t, c, h, w))
         return y.reshape(b, t, -1, h, w).transpose(1, 2)
 
     def stream(self) -> Stream:
