@@ -1,8 +1,9 @@
 """Streaming decode: a student decodes a clip chunk by chunk of latent frames with per-layer temporal state,
 and the frames it returns equal the one-pass decode's.
 
-A decoder is rebuilt as a pipeline of ``Stream`` stages, each with ``push(x, last) -> frames or None`` on
-video tensors (B, C, T, H, W) that arrive in order along T:
+A decoder is rebuilt as a pipeline of ``Stream`` stages, each with ``pieces(x, last)`` yielding the frames
+ready after it is fed ``x`` (``push``: the same in one tensor), on video tensors (B, C, T, H, W) that arrive
+in order along T:
   * ``Frames(fn)``: a per-frame function (norms, activations, 1x1 convs, pixel shuffles, 2D convs);
   * ``TemporalConv(fn, front, back)``: a conv with ``k = front + back + 1`` temporal taps and "same" output,
     ``fn`` being the conv on input already padded in time. It keeps the last ``k - 1`` input frames between
@@ -10,17 +11,18 @@ video tensors (B, C, T, H, W) that arrive in order along T:
     answers ``back`` frames late and a causal one (``back = 0``) at once: a per-layer cache with lookahead;
   * ``Residual(main, skip)``: ``main(x) + skip(x)``, the skip frames waiting in a queue for the delayed main path;
   * ``Trim(n)``: drops the first ``n`` frames of the stream (causal temporal upsamplers);
-  * ``Chain(stages)``: runs the stages in order, cutting what a stage returns into pieces of at most
-    ``MAX_FRAMES`` frames for the stages after it.
-Memory is that of one piece per stage plus ``k - 1`` frames per temporal conv: bounded in the clip length,
-whatever the receptive field (20 latent frames for the LTX student: a halo of recomputed frames would be the
-whole clip). The cut matters at the clip's end, where every conv hands over the frames it held back, so the
-last stages would otherwise see a receptive field's worth of frames at once. A non-causal student answers
-once the chunks fed have passed its receptive field; a causal one at once.
+  * ``Chain(stages)``: runs the stages in order, cutting what a stage yields into pieces of at most
+    ``MAX_FRAMES`` frames, each taken through the stages after it (and yielded) before the next is made.
+Memory is that of one piece per stage plus ``k - 1`` frames per temporal conv (copies, never views that would
+keep a whole piece alive): bounded in the clip length, whatever the receptive field (20 latent frames for the
+LTX student: a halo of recomputed frames would be the whole clip). Pieces matter at the clip's end, where
+every conv hands over the frames it held back: a non-causal student whose receptive field spans the clip
+answers only then, with every frame of the video, which come out piece by piece instead of all at once. A
+non-causal student answers once the chunks fed have passed its receptive field; a causal one at once.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -28,18 +30,35 @@ Tensor = torch.Tensor
 MAX_FRAMES = 16  # frames of one piece between the stages of a Chain
 
 
+def _own(x: Tensor) -> Tensor:
+    """``x``, or a copy of it when it is a view into a larger tensor: what a stage keeps between pushes must not
+    keep alive the whole piece (or padded conv input) it was sliced from."""
+    return x if x.untyped_storage().nbytes() <= x.nbytes else x.clone()
+
+
 class Stream:
-    def push(self, x: Tensor | None, last: bool) -> Tensor | None:
-        """Feed the next frames ``x`` (None: none); ``last``: the clip ends here. Returns the frames now ready."""
+    def pieces(self, x: Tensor | None, last: bool) -> Iterator[Tensor]:
+        """Feed the next frames ``x`` (None: none); ``last``: the clip ends here. Yields the frames now ready,
+        in order, a piece at a time (the stage's state is up to date once the iterator is exhausted)."""
         raise NotImplementedError
+
+    def state_bytes(self) -> int:
+        """Bytes of memory the stage holds between pushes (whole storages: a kept view counts its base)."""
+        return 0
+
+    def push(self, x: Tensor | None, last: bool) -> Tensor | None:
+        """``pieces`` in one tensor (None: no frame ready)."""
+        out = list(self.pieces(x, last))
+        return None if not out else out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
 class Frames(Stream):
     def __init__(self, fn: Callable[[Tensor], Tensor]):
         self.fn = fn
 
-    def push(self, x, last):
-        return None if x is None else self.fn(x)
+    def pieces(self, x, last):
+        if x is not None:
+            yield self.fn(x)
 
 
 class TemporalConv(Stream):
@@ -48,25 +67,31 @@ class TemporalConv(Stream):
         self.buffer: Tensor | None = None
         self.started = False
 
+    def state_bytes(self):
+        return 0 if self.buffer is None else self.buffer.untyped_storage().nbytes()
+
     def _pad(self, frame: Tensor, n: int) -> list[Tensor]:
         return [torch.zeros_like(frame) if self.zeros else frame] * n
 
-    def push(self, x, last):
+    def pieces(self, x, last):
         if x is not None:
             if not self.started:
                 x = torch.cat(self._pad(x[:, :, :1], self.front) + [x], dim=2) if self.front else x
                 self.started = True
             self.buffer = x if self.buffer is None else torch.cat([self.buffer, x], dim=2)
+            del x
         if last and self.back and self.buffer is not None:
             self.buffer = torch.cat([self.buffer] + self._pad(self.buffer[:, :, -1:], self.back), dim=2)
         k1 = self.front + self.back
         if self.buffer is None or self.buffer.shape[2] <= k1:
             if last and self.buffer is not None:
                 raise RuntimeError("a temporal conv ended its stream with frames it could not convolve (internal)")
-            return None
+            if self.buffer is not None:
+                self.buffer = _own(self.buffer)
+            return
         out = self.fn(self.buffer)
-        self.buffer = self.buffer[:, :, self.buffer.shape[2] - k1:] if k1 and not last else None
-        return out
+        self.buffer = _own(self.buffer[:, :, self.buffer.shape[2] - k1:]) if k1 and not last else None
+        yield out
 
 
 class Residual(Stream):
@@ -74,13 +99,13 @@ class Residual(Stream):
         self.main, self.skip = main, skip
         self.queue: list[Tensor] = []
 
-    def push(self, x, last):
-        if x is not None:
-            self.queue.append(x if self.skip is None else self.skip(x))
-        y = self.main.push(x, last)
-        if y is None:
-            return None
-        n, parts = y.shape[2], []
+    def state_bytes(self):
+        storages = {q.untyped_storage().data_ptr(): q.untyped_storage().nbytes() for q in self.queue}
+        return sum(storages.values()) + self.main.state_bytes()
+
+    def _take(self, n: int) -> Tensor:
+        """The next ``n`` skip frames off the queue."""
+        parts = []
         while n:
             head = self.queue[0]
             take = min(n, head.shape[2])
@@ -90,53 +115,81 @@ class Residual(Stream):
             else:
                 self.queue[0] = head[:, :, take:]
             n -= take
-        skip = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-        return y.add_(skip) if not y.requires_grad else y + skip
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+    def pieces(self, x, last):
+        if x is not None:
+            self.queue.append(x if self.skip is None else self.skip(x))
+        main_out = self.main.pieces(x, last)
+        del x
+        for y in main_out:
+            skip = self._take(y.shape[2])
+            yield y.add_(skip) if not y.requires_grad else y + skip
+        self.queue = [_own(q) for q in self.queue]
 
 
 class Trim(Stream):
     def __init__(self, n: int):
         self.left = n
 
-    def push(self, x, last):
-        if x is None or not self.left:
-            return x
+    def pieces(self, x, last):
+        if x is None:
+            return
         drop = min(self.left, x.shape[2])
         self.left -= drop
-        return x[:, :, drop:] if drop < x.shape[2] else None
+        if drop < x.shape[2]:
+            yield x[:, :, drop:] if drop else x
 
 
 class Chain(Stream):
     def __init__(self, stages: Sequence[Stream]):
         self.stages = [s for stage in stages for s in (stage.stages if isinstance(stage, Chain) else [stage])]
 
-    def push(self, x, last):
+    def state_bytes(self):
+        return sum(s.state_bytes() for s in self.stages)
+
+    def pieces(self, x, last):
         return self._run(0, x, last)
 
-    def _run(self, i: int, x: Tensor | None, last: bool) -> Tensor | None:
+    def _run(self, i: int, x: Tensor | None, last: bool) -> Iterator[Tensor]:
+        """Stage ``i`` and the ones after it: each piece a stage yields goes on in pieces of at most ``MAX_FRAMES``
+        frames, and is through the last stage before the stage makes its next; the clip's end follows them."""
         if i == len(self.stages):
-            return x
-        y = self.stages[i].push(x, last)
-        if y is None:
-            return self._run(i + 1, None, True) if last else None
-        pieces = y.split(MAX_FRAMES, dim=2)
-        outs = [self._run(i + 1, p, last and j == len(pieces) - 1) for j, p in enumerate(pieces)]
-        outs = [o for o in outs if o is not None]
-        return None if not outs else outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+            if x is not None:
+                yield x
+            return
+        stage_out = self.stages[i].pieces(x, last)
+        del x  # references held here while later stages run would keep whole pieces alive
+        for y in stage_out:
+            pieces = list(y.split(MAX_FRAMES, dim=2))
+            del y
+            while pieces:
+                yield from self._run(i + 1, pieces.pop(0), False)
+        if last:
+            yield from self._run(i + 1, None, True)
 
 
 class StudentStream:
-    """Decode state of one clip: ``push(latents, last)`` with consecutive chunks of latent frames (B, C, t, H', W')
-    returns the video frames (B, 3, n, H, W) ready so far (n may be 0: None); ``last`` flushes the rest."""
+    """Decode state of one clip: ``pieces(latents, last)`` with consecutive chunks of latent frames (B, C, t, H', W')
+    yields the video frames (B, 3, n, H, W) as they become ready (none, or several pieces of at most ``MAX_FRAMES``
+    frames); ``push`` returns them in one tensor (None: none yet); ``last`` flushes the rest."""
 
     def __init__(self, stream: Stream, prepare: Callable[[Tensor], Tensor] = lambda x: x,
                  finish: Callable[[Tensor], Tensor] = lambda x: x):
         self.stream, self.prepare, self.finish = stream, prepare, finish
         self.done = False
 
-    def push(self, latents: Tensor, last: bool) -> Tensor | None:
+    def pieces(self, latents: Tensor, last: bool) -> Iterator[Tensor]:
         if self.done:
             raise RuntimeError("this clip's stream has ended (last=True was pushed); start a new one")
         self.done = last
-        out = self.stream.push(self.prepare(latents), last)
-        return None if out is None else self.finish(out)
+        for out in self.stream.pieces(self.prepare(latents), last):
+            yield self.finish(out)
+
+    def state_bytes(self) -> int:
+        """Memory the decode keeps between chunks (every temporal conv's last frames, every residual's queue)."""
+        return self.stream.state_bytes()
+
+    def push(self, latents: Tensor, last: bool) -> Tensor | None:
+        out = list(self.pieces(latents, last))
+        return None if not out else out[0] if len(out) == 1 else torch.cat(out, dim=2)

@@ -109,22 +109,22 @@ class StudentDecoder(StrictModelMixin, ConfigMixin):
         return max(1, 16 // self.compression[0])
 
     def decode_stream(self, latents: torch.Tensor, chunk: int | None = None):
-        """Yield the video (B, 3, n, H, W) a few frames at a time as they are decoded, feeding ``chunk`` latent
-        frames per step (default ``default_chunk``); concatenated along T they equal ``forward(latents)``, the
-        one-pass decode (to float rounding). Memory: one chunk plus a few frames per temporal conv."""
+        """Yield the video (B, 3, n, H, W) a few frames at a time (n <= ``streaming.MAX_FRAMES``) as they are decoded,
+        feeding ``chunk`` latent frames per step (default ``default_chunk``); concatenated along T they equal
+        ``forward(latents)``, the one-pass decode (to float rounding). Memory: one piece per layer plus a few
+        frames per temporal conv, the same for any clip length (write the frames out as they come)."""
         self.check_latents(latents)
         chunk = chunk or self.default_chunk
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1 latent frame, got {chunk}")
         state, t = self.stream(), latents.shape[2]
         for start in range(0, t, chunk):
-            out = state.push(latents[:, :, start:start + chunk], last=start + chunk >= t)
-            if out is not None:
-                yield out
+            yield from state.pieces(latents[:, :, start:start + chunk], last=start + chunk >= t)
 
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """(B, C, T', H', W') latents -> (B, 3, T, H, W) video in about [-1, 1], decoded as a stream of ``chunk``
-        latent frames (``decode_stream``): the one-pass result, with memory bounded in the clip length."""
+        latent frames (``decode_stream``) whose pieces are written straight into the returned video: the one-pass
+        result, in the video's memory plus activations bounded in the clip length."""
         out, t = None, 0
         for part in self.decode_stream(latents, chunk):
             if out is None:

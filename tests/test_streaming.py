@@ -79,3 +79,26 @@ def test_residual_and_trim_align_frames():
     padded = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
     want = ((torch.nn.functional.conv3d(padded, w) + x) * 2)[:, :, 2:]
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["ltx", "hunyuan"])
+def test_memory_does_not_grow_with_clip_length(name):
+    """Decoding a clip twice as long keeps the same state between chunks (counted in whole storages, so a kept
+    view of a larger tensor counts that tensor) and hands the video over in pieces of at most MAX_FRAMES frames,
+    even at the end of a clip that a non-causal student's receptive field spans (LTX: about 20 latent frames)."""
+    from models.streaming import MAX_FRAMES
+    student = small_student(name)
+    held, sizes = {}, {}
+    for t in (24, 48):
+        z = torch.randn(1, student.config.latent_channels, t, 2, 2)
+        state, held[t], sizes[t], frames = student.stream(), 0, [], 0
+        with torch.no_grad():
+            for start in range(0, t, student.default_chunk):
+                for piece in state.pieces(z[:, :, start:start + student.default_chunk], start + student.default_chunk >= t):
+                    sizes[t].append(piece.shape[2])
+                    frames += piece.shape[2]
+                held[t] = max(held[t], state.state_bytes())
+        assert frames == student.num_output_frames(t)
+        assert max(sizes[t]) <= MAX_FRAMES, f"{name}: a piece of {max(sizes[t])} frames"
+        assert state.state_bytes() == 0  # nothing is kept once the clip has ended
+    assert 0 < held[48] <= held[24], f"{name}: state between chunks {held[24]} B at 24 latent frames, {held[48]} B at 48"
