@@ -174,11 +174,9 @@ def pixel_shuffle_frames(x: torch.Tensor, r_h: int, r_w: int) -> torch.Tensor:
         return x
     b, crr, t, h, w = x.shape
     c = crr // (r_h * r_w)
-    keep_cl = eager_cpu(x) and x.is_contiguous(memory_format=torch.channels_last_3d)
     x = x.permute(0, 2, 1, 3, 4).reshape(b * t, crr, h, w)
     x = F.pixel_shuffle(x, r_h) if r_h == r_w else _pixel_shuffle_2d(x, r_h, r_w)
-    x = x.reshape(b, t, c, h * r_h, w * r_w).permute(0, 2, 1, 3, 4)
-    return x.contiguous(memory_format=torch.channels_last_3d) if keep_cl else x  # a no-op unless b * t == 1
+    return x.reshape(b, t, c, h * r_h, w * r_w).permute(0, 2, 1, 3, 4)
 
 
 def _pixel_shuffle_2d(x: torch.Tensor, r_h: int, r_w: int) -> torch.Tensor:
