@@ -35,6 +35,18 @@ def test_streaming_equals_one_pass(name):
             assert err <= 1e-4, f"{name}, chunk {chunk}: max |stream - one pass| = {err:.2e}"
 
 
+@pytest.mark.parametrize("shuffle", ["classic", "interpolate"])
+def test_streaming_equals_one_pass_for_every_upsampler(shuffle):
+    torch.manual_seed(0)
+    student = build_student(load_config("hunyuan"), **SMALL, pixel_shuffle=shuffle).eval()
+    z = torch.randn(1, 16, 4, 2, 3)
+    with torch.no_grad():
+        one = student(z)
+        assert one.shape == student.output_shape(z.shape)
+        for chunk in (1, 3):
+            assert (student.decode(z, chunk=chunk) - one).abs().max().item() <= 1e-4
+
+
 @pytest.mark.parametrize("name,frames", [("taef2", 32), ("flash_wan", 4), ("flash_taef2", 4)])
 def test_frames_come_out_while_the_clip_is_fed(name, frames):
     """A causal student answers each chunk at once; a non-causal one once the chunks have passed its receptive
