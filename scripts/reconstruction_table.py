@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     i3d = I3DFeatureExtractor(args.fvd_weights).to(device) if num_frames >= vm.I3D_MIN_FRAMES else None
     results = []
     for (config, student), (cfg, trained) in zip(pairs, requests):
-        results.append({"student": student, **evaluate_pair(cfg, trained, clips, num_frames, resolution, device,
+        results.append({"student_path": student, **evaluate_pair(cfg, trained, clips, num_frames, resolution, device,
                                                             lpips, i3d)})
     meta = {"data": str(args.data), "layout": layout, "n_clips": len(clips), "num_frames": num_frames,
             "resolution": resolution, "clips_per_video": args.clips_per_video, "max_clips": args.max_clips,

@@ -57,7 +57,7 @@ def test_reconstruction_table_on_each_layout(layout, student_dir, tmp_path):
     if layout == "davis":  # the JPEG frames as written (lossy, close to the video's)
         src = read_video_frames(tmp_path / "src" / "procedural_000.mp4", list(range(clips[0].start, clips[0].start + 9)),
                                 backend="pyav")
-        assert (frames.float() - src.float()).abs().mean() < 4
+        assert (frames.float() - src.float()).abs().mean() < 8
     out = tmp_path / "table"
     frames_per_clip = 9 if layout == "videos" else 5  # rFVD (I3D) once; the others stay cheap
     result = script("reconstruction_table").main(
@@ -75,7 +75,7 @@ def test_reconstruction_table_on_each_layout(layout, student_dir, tmp_path):
     assert float(rows[1]["psnr"]) == pytest.approx(trained["student"]["psnr"])
     md = out.with_suffix(".md").read_text()
     assert "| taef2 | student |" in md and "PSNR retention" in md
-    assert json.loads(out.with_suffix(".json").read_text())["results"][0]["student"] == str(student_dir)
+    assert json.loads(out.with_suffix(".json").read_text())["results"][0]["student_path"] == str(student_dir)
     assert np.isfinite(trained["student"]["lpips"])
 
 
