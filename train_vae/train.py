@@ -330,9 +330,6 @@ class Trainer:
                                 f"x {self.acc.num_processes} process(es); change --batch_size or NUM_PROCESSES, or "
                                 f"pass --grad_accum")
             s.grad_accum = s.effective_batch // per_step
-        if self.acc.is_main_process:
-            print(f"effective batch {s.batch_size * s.grad_accum * self.acc.num_processes} = batch_size {s.batch_size} "
-                  f"x grad_accum {s.grad_accum} x {self.acc.num_processes} process(es)", file=sys.stderr, flush=True)
         self.out = Path(s.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.resume_from = find_checkpoint(self.ckpt_dir, s.resume) if s.resume else None
@@ -641,6 +638,8 @@ class Trainer:
         elif acc.is_main_process and self.log_path.exists():
             self.log_path.unlink()  # a fresh run starts a fresh log
         if acc.is_main_process:  # the config as this run resolved it (--set applied, train: as used)
+            print(f"effective batch {s.batch_size * s.grad_accum * acc.num_processes} = batch_size {s.batch_size} "
+                  f"x grad_accum {s.grad_accum} x {acc.num_processes} process(es)", file=sys.stderr, flush=True)
             atomic_write(self.out / "config.yaml", yaml.safe_dump(resolved_config(s), sort_keys=False))
         start = self.progress.step
         stream = self.batches(start * s.grad_accum)

@@ -174,7 +174,13 @@ def list_clips(data: str | os.PathLike, num_frames: int, clips_per_video: int = 
 
 def _windows(entries: list[tuple], num_frames: int, clips_per_video: int, max_clips: int | None) -> list[Clip]:
     """Clips of (rel, full path, frames, height, width, fps, reader) entries, in order, ``clips_per_video`` each."""
-    return _windows(entries, num_frames, clips_per_video, max_clips)
+    clips: list[Clip] = []
+    for rel, full, frames, h, w, fps, reader in entries:
+        for s in window_starts(frames, num_frames, clips_per_video):
+            clips.append(Clip(len(clips), rel, full, s, num_frames, frames, h, w, fps, reader))
+            if max_clips is not None and len(clips) >= max_clips:
+                return clips
+    return clips
 
 
 DATA_LAYOUTS = ("videos", "ucf101", "davis")
