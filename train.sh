@@ -3,8 +3,13 @@
 #   bash train.sh                       # CPU demo: TAEF2 teacher (configs/taef2.yaml), shared or procedural clips
 #   bash train.sh ltx --data_dir /data/videos --output_dir outputs/ltx --latents_dir /data/ltx_latents
 #   NUM_PROCESSES=8 bash train.sh hunyuan --data_dir ... --mixed_precision bf16   # accelerate launch
+#   bash train.sh ltx --init_from outputs/ltx --output_dir outputs/ltx_stage2   # stage 2 (GAN) from a finished stage 1
 # Overrides: see `python train_vae/train.py --help` (--max_steps, --resolution, --num_frames, --batch_size,
-# --seed, --resume latest, --distill_weight, --disc_start, --latents_dir, ...).
+# --seed, --resume latest, --distill_weight, --disc_start, --latents_dir, ...), and --set KEY=VALUE for any
+# config key (--set train.lr=1e-4 student.depthwise_kernel_size=3).
+# The real-teacher configs (ltx, hunyuan, cogvideox, wan) carry the paper's recipe, effective batch 32: train.py
+# sets grad_accum = 32 / (batch_size 4 x NUM_PROCESSES), e.g. 8 on one GPU, 1 with NUM_PROCESSES=8, and prints
+# the product when it starts ("effective batch 32 = batch_size 4 x grad_accum 8 x 1 process(es)").
 # NUM_PROCESSES > 1 without a GPU starts that many CPU processes (gloo; OMP_NUM_THREADS = cores / processes
 # each unless set): `accelerate launch --cpu` alone would start just one.
 # Paths on the command line (--data_dir, --output_dir, ...) start from the folder the command is given in.

@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=int, default=None,
-                      help="short side in pixels (default 256); the long side keeps the aspect ratio")
+                      help="short side in pixels (default: the config's train.resolution); the long side keeps "
+                           "the aspect ratio")
     size.add_argument("--keep_size", action="store_true", help="no resize, only centre-crop to latent multiples")
     p.add_argument("--max_clips", type=int, default=None)
     p.add_argument("--sheet_frames", type=int, default=4, help="frames in the contact sheet")
@@ -302,7 +303,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for flag in ("resolution", "max_clips", "sheet_frames"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 1")
-    resolution = None if args.keep_size else (args.resolution or 256)
+    resolution = args.resolution
+    if resolution is None and not args.keep_size:  # the size the config trains at
+        from models.config import load_config
+        from train_vae.settings import from_config
+        with user_errors():
+            resolution = from_config(load_config(args.config))[0].resolution
     cfg, trained, num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames, resolution)
     if args.compare_dtype and trained is None:
         raise UserError(f"--compare_dtype {args.compare_dtype} compares a student's decodes with its float32 ones; "

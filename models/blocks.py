@@ -232,7 +232,19 @@ def classic_to_decoupled_permutation(channels: int, factors: tuple[int, int, int
     return idx.permute(0, 2, 3, 1).reshape(-1)  # read in decoupled order (c, i, k, a)
 
 
-SHUFFLES = {"decoupled": DecoupledPixelShuffle3d, "classic": PixelShuffle3d}
+class Interpolate3d(nn.Module):
+    """Nearest-neighbour 3D upsampling, (B, C, T, H, W) -> (B, C, r_t*T, r_h*H, r_w*W): the paper's
+    "3D interpolation" upsampler of Table 1 (no channel expansion; the 3x3x3 conv runs after it)."""
+
+    def __init__(self, factors: tuple[int, int, int]):
+        super().__init__()
+        self.factors = tuple(factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.factors, mode="nearest")
+
+
+SHUFFLES = {"decoupled": DecoupledPixelShuffle3d, "classic": PixelShuffle3d, "interpolate": Interpolate3d}
 
 
 class Upsampler3d(nn.Module):
@@ -249,15 +261,18 @@ class Upsampler3d(nn.Module):
             raise ValueError(f"pixel shuffle must be one of {sorted(SHUFFLES)}, got '{shuffle}'")
         self.factors = tuple(factors)
         self.trim = self.factors[0] - 1 if trim_first_frames else 0
-        self.conv = Conv3d(channels, channels * self.factors[0] * self.factors[1] * self.factors[2], 3,
-                           causal=causal)
+        self.interpolate = shuffle == "interpolate"  # upsample first, then a C -> C conv at the new size
+        expand = 1 if self.interpolate else self.factors[0] * self.factors[1] * self.factors[2]
+        self.conv = Conv3d(channels, channels * expand, 3, causal=causal)
         self.shuffle = SHUFFLES[shuffle](self.factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.shuffle(self.conv(x))
+        x = self.conv(self.shuffle(x)) if self.interpolate else self.shuffle(self.conv(x))
         return x[:, :, self.trim:] if self.trim else x
 
     def stream(self) -> Stream:
+        if self.interpolate:  # nearest in time repeats frames, so chunk by chunk is exact
+            return Chain([Frames(self.shuffle), self.conv.stream(), Trim(self.trim)])
         return Chain([self.conv.stream(), Frames(self.shuffle), Trim(self.trim)])
 
 

@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py --config ltx --resolution 256 --frames 17 --device cpu --threads 2 --json out.json
     python scripts/benchmark.py --all --resolution 256 --frames 17 --device cpu --repeats 3 --threads 2 --json all.json
+    python scripts/benchmark.py --all --device cuda --dtype fp16 --json speed.json   # paper's speed columns
 
 Per config: the teacher decoder from its default diffusers config with random weights (``--teacher SRC``
 loads real ones; speed does not depend on them) and the student (random, or ``--student DIR``) decode the
@@ -10,7 +11,9 @@ interleaved (teacher, student, teacher, ...): median latency, FPS (output frames
 max allocated, or peak RSS growth on CPU), parameters and multiply-accumulates per clip (torch's FLOP
 counter / 2, counted on the meta device). Teachers run as diffusers ships them: fp32 (or ``--dtype``),
 eval, ``torch.inference_mode``; HunyuanVideo in its default framewise-tiled mode and in one pass.
-Student-only configs (dcae: no public teacher) and ``--student-only`` report the student alone. The student's
+A size that is not a multiple of the spatial compression (720x1280 for the 32x LTX and DC-AE students) is
+decoded at the next multiple (736x1280) and centre-cropped, as the exports do (``decoded`` in the results); the
+teacher decodes the same latents. Student-only configs (dcae: no public teacher) and ``--student-only`` report the student alone. The student's
 time and peak memory (``student_peak_mb``) are those of ``student.decode``, which decodes as a stream of
 ``student_chunk`` latent frames at a time (``models/streaming.py``): e.g. ``--frames 121`` vs ``--frames 17``
 shows what a long clip costs.
@@ -22,7 +25,9 @@ The four decoders run interleaved in one loop.
 
 Single-config runs also time the student's decoupled vs classic 3D pixel shuffle (same weights up to a
 channel permutation, same output) in PyTorch and in ONNX Runtime (``--skip_shuffle`` to leave out).
-``--all`` runs every config and writes a markdown table (``--markdown``, default next to ``--json``).
+``--all`` runs every config at each ``--resolution`` (default 512x512 and 720x1280) and writes a markdown table
+per size and the paper's speed table (parameters, teacher and student FPS at each size, speed-up) (``--markdown``,
+default next to ``--json``). ``--dtype fp16`` / ``bf16`` on ``--device cuda`` is the paper's GPU setting.
 """
 from __future__ import annotations
 
@@ -163,16 +168,23 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     cfg = load_config(name)
     student = _to(load_student(cfg, student_dir), device, dtype)
     frames, note = args.frames or cfg["num_frames"], ""
+    _, ch, cw = student.compression
+    dec_h, dec_w = -(-height // ch) * ch, -(-width // cw) * cw  # the next size the student decodes, then cropped
     try:
-        shape = latent_shape(student, frames, height, width)
+        shape = latent_shape(student, frames, dec_h, dec_w)
     except UserError:
         if not args.all or args.frames is None:
             raise
         frames, note = cfg["num_frames"], f"{cfg['num_frames']} frames ({args.frames} not producible)"
-        shape = latent_shape(student, frames, height, width)
+        shape = latent_shape(student, frames, dec_h, dec_w)
+    top, left = (dec_h - height) // 2, (dec_w - width) // 2
+
+    def crop(video: torch.Tensor) -> torch.Tensor:  # centre crop to the requested size (a view: no copy)
+        return video[..., top:top + height, left:left + width]
     torch.manual_seed(0)
     z = torch.randn(shape, device=device, dtype=dtype)
-    res = {"config": name, "resolution": f"{height}x{width}", "frames": frames, "latent_shape": list(shape),
+    res = {"config": name, "resolution": f"{height}x{width}", "decoded": f"{dec_h}x{dec_w}", "frames": frames,
+           "latent_shape": list(shape),
            "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": args.repeats,
            "warmup": args.warmup, "teacher_mode": "diffusers default: eval, torch.inference_mode, " + args.dtype,
            "student_params": n_params(student), "student_chunk": student.default_chunk, "note": note}
@@ -199,10 +211,11 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
                            cpu_fast(copy.deepcopy(student)))
     runners = {}
     for side, (t_model, s_model) in both_sides.items():
-        runners.update({f"teacher ({m}){side}": (lambda fn: (lambda: fn(z)))(teacher_decode_fn(t_model, s))
+        runners.update({f"teacher ({m}){side}": (lambda fn: (lambda: crop(fn(z))))(teacher_decode_fn(t_model, s))
                         for m, s in modes.items()})
-        runners[f"student{side}"] = (lambda model: (lambda: student_decode(model, z)))(s_model)
-    print(f"[{name}] latents {tuple(shape)} -> video {frames}x{height}x{width}, {args.device} {args.dtype}, "
+        runners[f"student{side}"] = (lambda model: (lambda: crop(student_decode(model, z))))(s_model)
+    print(f"[{name}] latents {tuple(shape)} -> video {frames}x{dec_h}x{dec_w}"
+          f"{f' cropped to {height}x{width}' if (dec_h, dec_w) != (height, width) else ''}, {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr, flush=True)
     timing = measure(runners, args.warmup, args.repeats, device)
 
@@ -354,6 +367,31 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines + [f"- {n}" for n in notes])
 
 
+def speed_table(per_size: dict[str, list[dict]]) -> str:
+    """The paper's speed columns (Table 3/4): teacher and student decoder parameters, FPS of each at every size,
+    student speed-up; one row per config (teachers in diffusers' default mode)."""
+    sizes = list(per_size)
+    by_config: dict[str, dict] = {}
+    for size, results in per_size.items():
+        for r in results:
+            by_config.setdefault(r["config"], {"params": (r.get("teacher_params"), r["student_params"])})[size] = r
+    head = "| config | teacher params | student params | " + " | ".join(
+        f"teacher FPS {s} | student FPS {s} | speed-up {s}" for s in sizes) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, row in by_config.items():
+        tp, sp = row["params"]
+        cells = [name, _fmt(tp and tp / 1e6, "M", 1), _fmt(sp / 1e6, "M", 1)]
+        for s in sizes:
+            r = row.get(s, {})
+            cells += [_fmt(r.get("teacher_fps"), "", 2), _fmt(r.get("student_fps"), "", 2), _fmt(r.get("speedup"), "x", 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    r0 = next((r for rs in per_size.values() for r in rs), {})
+    lines.append(f"\n{r0.get('frames')} frames (the config's unless --frames), {r0.get('device')} {r0.get('dtype')}, median of "
+                 f"{r0.get('repeats')} interleaved runs; FPS = output frames / s; sizes that are not multiples of the "
+                 f"student's compression are decoded at the next multiple and centre-cropped.")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
     return run(_main, argv)
@@ -366,7 +404,8 @@ def _main(argv=None) -> int:
     which.add_argument("--all", action="store_true", help="every config, one markdown table")
     p.add_argument("--student", help="trained student: save_pretrained folder or checkpoint folder with student/")
     p.add_argument("--teacher", help="teacher weights (hub id or local dir); default: random weights")
-    p.add_argument("--resolution", required=True, help="H or HxW of the decoded video")
+    p.add_argument("--resolution", nargs="+", help="H or HxW of the decoded video (--all: one or more; default "
+                                                   "512x512 720x1280, the paper's speed columns)")
     p.add_argument("--frames", type=int, help="frames of the decoded video (default: the config's num_frames)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
@@ -385,25 +424,29 @@ def _main(argv=None) -> int:
     diffusers_logging.set_verbosity_error()
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
-    height, width = parse_resolution(args.resolution)
+    if args.config and len(args.resolution or []) != 1:
+        p.error("--config takes one --resolution (H or HxW)")
+    sizes = [parse_resolution(r) for r in (args.resolution or ["512x512", "720x1280"])]
     if args.config:
         with user_errors():
             load_config(args.config)  # an unknown config fails here, in one line
     if args.all:
-        results = []
-        for name in config_names():
-            try:
-                results.append(bench_config(name, args, height, width, None))
-            except UserError as e:
-                print(f"[{name}] skipped: {e}", file=sys.stderr)
-        table = markdown_table(results)
+        per_size = {}
+        for height, width in sizes:
+            results = per_size[f"{height}x{width}"] = []
+            for name in config_names():
+                try:
+                    results.append(bench_config(name, args, height, width, None))
+                except UserError as e:
+                    print(f"[{name}] skipped: {e}", file=sys.stderr)
+        table = "\n\n".join([speed_table(per_size)] + [markdown_table(r) for r in per_size.values()])
         print(table)
         md = args.markdown or (str(Path(args.json).with_suffix(".md")) if args.json else None)
         if md:
             Path(md).write_text(table + "\n")
-        out = {"settings": vars(args), "results": results}
+        out = {"settings": vars(args), "results": [r for rs in per_size.values() for r in rs]}
     else:
-        out = bench_config(args.config, args, height, width, args.student)
+        out = bench_config(args.config, args, *sizes[0], args.student)
         print_single(out)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -30,7 +30,8 @@ from models.config import is_derived, load_config, load_teacher, teacher_config_
 from models.derived import COMPENSATIONS, SELECTIONS, derive, student_kwargs  # noqa: E402
 from train_vae.data import VideoDataset, VideoIndex, split_files  # noqa: E402
 from train_vae.metrics import psnr, to_unit  # noqa: E402
-from train_vae.train import DEFAULTS, calibration_latents, holdout_windows  # noqa: E402
+from train_vae.settings import from_config  # noqa: E402
+from train_vae.train import calibration_latents, holdout_windows  # noqa: E402
 
 
 def measure(decode, latents: torch.Tensor, videos: torch.Tensor) -> list[float]:
@@ -81,23 +82,23 @@ def _main(argv=None) -> int:
         cfg = load_config(args.config)
         if not is_derived(cfg):
             raise ValueError(f"config {cfg['name']} has a Turbo-VAED student; use a flash_* config")
-        s = {**DEFAULTS, **cfg.get("train", {})}
-        s["num_frames"] = s["num_frames"] or cfg["num_frames"]
-        index = VideoIndex(args.data_dir, num_frames=s["num_frames"], frame_stride=s["frame_stride"])
-        train_files, holdout_files = split_files(index, s["num_holdout"], s["seed"])
+        s, _ = from_config(cfg)
+        s.num_frames = s.num_frames or cfg["num_frames"]
+        index = VideoIndex(args.data_dir, num_frames=s.num_frames, frame_stride=s.frame_stride)
+        train_files, holdout_files = split_files(index, s.num_holdout, s.seed)
         if args.output:
             check_writable_dir(args.output, "--output")
     teacher = load_teacher(cfg)
-    clips, videos, latents = holdout_windows(index, holdout_files, teacher, s["num_frames"], s["resolution"],
-                                             s["frame_stride"])
+    clips, videos, latents = holdout_windows(index, holdout_files, teacher, s.num_frames, s.resolution,
+                                             s.frame_stride)
     if args.latents_dir:
         from train_vae.latent_dataset import LatentDataset
         train_set = LatentDataset(args.latents_dir, args.data_dir)
     else:
-        train_set = VideoDataset(args.data_dir, num_frames=s["num_frames"], resolution=s["resolution"],
-                                 frame_stride=s["frame_stride"], train=True, files=train_files, seed=s["seed"],
-                                 clips_per_video=s["clips_per_video"], index=index)
-    calib = calibration_latents(train_set, teacher, s["calibration_samples"], s["calibration_frames"], s["seed"])
+        train_set = VideoDataset(args.data_dir, num_frames=s.num_frames, resolution=s.resolution,
+                                 frame_stride=s.frame_stride, train=True, files=train_files, seed=s.seed,
+                                 clips_per_video=s.clips_per_video, index=index)
+    calib = calibration_latents(train_set, teacher, s.calibration_samples, s.calibration_frames, s.seed)
     kwargs = student_kwargs(cfg, teacher_config_of(teacher))
     teacher_psnr = measure(teacher.decode, latents, videos)
     print(f"teacher {sum(teacher_psnr) / len(teacher_psnr):.2f} dB on {len(clips)} held-out clips; "
@@ -105,13 +106,13 @@ def _main(argv=None) -> int:
 
     def run(label, kw, selection, compensation):
         t0 = time.perf_counter()
-        student, report = derive(teacher, kw, calib, selection, compensation, seed=s["seed"])
+        student, report = derive(teacher, kw, calib, selection, compensation, seed=s.seed)
         r = row(label, measure(student, latents, videos), teacher_psnr, time.perf_counter() - t0)
         r["derivation"] = report.summary()
         print(f"{label}: {r['psnr']:.2f} dB ({100 * r['retention']:.1f}%)", file=sys.stderr, flush=True)
         return r, student
 
-    selection, compensation = args.selection or s["selection"], args.compensation or s["compensation"]
+    selection, compensation = args.selection or s.selection, args.compensation or s.compensation
     rows = []
     grid = ([(a, b) for a in SELECTIONS for b in COMPENSATIONS] if args.compare else [(selection, compensation)])
     for a, b in grid:

@@ -9,12 +9,18 @@ Input ``latents`` (1, C, T', H', W'), output ``video`` (1, 3, frames, H, W); fix
 (default) or fp32, ``--deployment_target`` iOS17 by default. After conversion the package is reopened and
 its input/output shapes, op-type histogram and largest tensor rank are printed; the decoupled student
 must stay at rank <= 5 (Core ML rejects rank > 5 with dynamic shapes). ``--pixel_shuffle classic``
-exports the same student with the classic rank-8 shuffle for comparison. ``--benchmark`` times
-predictions (macOS only). ``--crop`` decodes the next producible size and centre-crops (fixed shapes).
+exports the same student with the classic rank-8 shuffle for comparison. ``--crop`` decodes the next
+producible size and centre-crops (fixed shapes).
+
+``--benchmark`` (macOS only: Core ML prediction needs macOS) loads the package once per compute-unit setting
+(``ALL``, ``CPU_AND_NE``, ``CPU_AND_GPU``, ``CPU_ONLY``; ``--compute_units`` picks some), runs ``--warmup``
+predictions, then ``--repeats`` timed ones, and prints the median latency and FPS of each (``--json`` keeps them).
+On an iPhone, time the package with Xcode's Core ML performance report (README, "iPhone timing").
 """
 from __future__ import annotations
 
 import collections
+import json
 import platform
 import statistics
 import sys
@@ -93,6 +99,33 @@ def describe(path: str | Path) -> dict:
             "max_rank": max(ranks)}
 
 
+COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
+
+
+def time_compute_units(load, feed: dict, units: list[str], warmup: int, repeats: int, frames: int,
+                       clock=time.perf_counter) -> dict:
+    """{unit: median_ms, fps, all_ms, load_s} for each compute-unit setting: ``load(unit)`` gives a model with
+    ``predict(feed)``; ``warmup`` untimed predictions (the first compiles for the device), then ``repeats`` timed."""
+    out = {}
+    for unit in units:
+        t0 = clock()
+        model = load(unit)
+        load_s = clock() - t0
+        for _ in range(warmup):
+            model.predict(feed)
+        times = []
+        for _ in range(repeats):
+            t = clock()
+            model.predict(feed)
+            times.append((clock() - t) * 1e3)
+        ms = statistics.median(times)
+        out[unit] = {"median_ms": ms, "fps": frames * 1e3 / ms, "all_ms": [round(x, 2) for x in times],
+                     "load_s": round(load_s, 2)}
+        print(f"  {unit:12s} median {ms:8.1f} ms over {repeats} (after {warmup} warm-up), {frames * 1e3 / ms:7.1f} FPS, "
+              f"load {load_s:.1f} s", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     """The exit code: 0, 1 (a failed check of the result), or 2 with one line for a user error (``models.cli.run``)."""
     return run(_main, argv)
@@ -105,8 +138,13 @@ def _main(argv=None) -> int:
     p.add_argument("--enumerated_shapes", help="comma-separated HxW list, e.g. 512x512,720x1280 (one model)")
     p.add_argument("--pixel_shuffle", default="decoupled", choices=["decoupled", "classic"],
                    help="classic: the same student with the rank-8 3D pixel shuffle (for comparison)")
-    p.add_argument("--benchmark", action="store_true", help="time predictions (macOS only)")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--benchmark", action="store_true",
+                   help="time predictions for each compute-unit setting (macOS only: Core ML prediction needs macOS)")
+    p.add_argument("--compute_units", nargs="+", default=list(COMPUTE_UNITS), choices=COMPUTE_UNITS,
+                   help="with --benchmark: the settings to time (default: all four)")
+    p.add_argument("--warmup", type=int, default=3, help="with --benchmark: untimed predictions per setting")
+    p.add_argument("--repeats", type=int, default=10, help="with --benchmark: timed predictions per setting")
+    p.add_argument("--json", help="with --benchmark: write the timings here")
     args = p.parse_args(argv)
     with user_errors():
         ct = import_coremltools()
@@ -149,18 +187,18 @@ def _main(argv=None) -> int:
 
     if args.benchmark:
         if platform.system() != "Darwin":
-            print("--benchmark: Core ML prediction is macOS-only; conversion and inspection done")
+            print(f"--benchmark: Core ML prediction needs macOS (this machine runs {platform.system()}), so nothing "
+                  f"was timed; conversion and inspection are done. Time {out} on a Mac with the same command, or on "
+                  f"an iPhone with Xcode's Core ML performance report (README, \"iPhone timing\").")
             return 0
-        loaded = ct.models.MLModel(str(out), compute_units=ct.ComputeUnit.ALL)
-        feed = {"latents": z.numpy()}
-        loaded.predict(feed)
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            loaded.predict(feed)
-            times.append((time.perf_counter() - t) * 1e3)
-        ms = statistics.median(times)
-        print(f"Core ML prediction: median {ms:.1f} ms over {args.repeats}, {frames * 1e3 / ms:.1f} FPS")
+        print(f"Core ML prediction of {out} ({frames} frames, {platform.machine()} {platform.mac_ver()[0]}):")
+        timings = time_compute_units(
+            lambda unit: ct.models.MLModel(str(out), compute_units=getattr(ct.ComputeUnit, unit)),
+            {"latents": z.numpy().astype("float32")}, args.compute_units, args.warmup, args.repeats, frames)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": str(out), "frames": frames, "resolution": args.resolution,
+                                                   "precision": args.precision, "machine": platform.platform(),
+                                                   "compute_units": timings}, indent=1))
     return 0
 
 

@@ -68,8 +68,8 @@ def test_both_spellings_of_every_flag():
     a = p.parse_args(["--dynamic-frames", "--student_only", "--no_cache_latents"])
     assert a.dynamic_frames and a.student_only and a.cache_latents is False and not a.debug
     s = train_mod.parse_args(["--max-steps", "7", "--data-dir", "x", "--no-cache-latents", "--debug"])
-    assert s["max_steps"] == 7 and s["data_dir"] == str(Path("x").resolve()) and s["cache_latents"] is False
-    assert "debug" not in s  # not a training setting
+    assert s.max_steps == 7 and s.data_dir == str(Path("x").resolve()) and s.cache_latents is False
+    assert "debug" not in s.to_dict()  # not a training setting
 
 
 def test_run_prints_user_errors_and_keeps_bug_tracebacks(capsys, monkeypatch):

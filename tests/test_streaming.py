@@ -11,6 +11,7 @@ from conftest import narrow_student
 from models.config import config_names
 from models.streaming import Chain, Frames, Residual, TemporalConv, Trim
 
+
 @pytest.mark.parametrize("name", config_names())
 def test_streaming_equals_one_pass(name):
     student = narrow_student(name)
@@ -25,6 +26,18 @@ def test_streaming_equals_one_pass(name):
             assert streamed.shape == one.shape
             err = (streamed - one).abs().max().item()
             assert err <= 1e-4, f"{name}, chunk {chunk}: max |stream - one pass| = {err:.2e}"
+
+
+@pytest.mark.parametrize("shuffle", ["classic", "interpolate"])
+def test_streaming_equals_one_pass_for_every_upsampler(shuffle):
+    torch.manual_seed(0)
+    student = narrow_student("hunyuan", pixel_shuffle=shuffle)
+    z = torch.randn(1, 16, 4, 2, 3)
+    with torch.no_grad():
+        one = student(z)
+        assert one.shape == student.output_shape(z.shape)
+        for chunk in (1, 3):
+            assert (student.decode(z, chunk=chunk) - one).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("name,frames", [("taef2", 32), ("flash_wan", 4), ("flash_taef2", 4)])

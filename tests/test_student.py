@@ -187,6 +187,16 @@ def test_upsampler_frame_trimming():
     assert Upsampler3d(4, (2, 2, 2), trim_first_frames=False)(x).shape == (1, 4, 6, 4, 4)
 
 
+def test_interpolation_upsampler_is_nearest_upsampling_then_a_conv():
+    """Table 1's third upsampler: nearest 3D upsampling, then a C -> C 3x3x3 conv (no channel expansion)."""
+    up = Upsampler3d(4, (2, 2, 2), trim_first_frames=True, shuffle="interpolate")
+    assert up.conv.conv.weight.shape[:2] == (4, 4)
+    x = torch.randn(1, 4, 3, 2, 2)
+    big = x.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    with torch.no_grad():
+        assert torch.allclose(up(x), up.conv(big)[:, :, 1:], atol=1e-6) and up(x).shape == (1, 4, 5, 4, 4)
+
+
 def test_save_and_load_round_trip_exactly(tmp_path):
     student = tiny("ltx").eval()
     student.save_pretrained(tmp_path / "s")

@@ -89,8 +89,8 @@ def test_nan_loss_stops_before_checkpoint(clips, tmp_path, monkeypatch):
     real = ReconstructionLoss.forward
     count = {"n": 0}
 
-    def poisoned(self, rec, target, **kw):
-        out = real(self, rec, target, **kw)
+    def poisoned(self, rec, target, *args, **kw):
+        out = real(self, rec, target, *args, **kw)
         count["n"] += 1
         if count["n"] == 5:  # during step 5, after the step-3 checkpoint
             out["l1"] = out["l1"] * float("nan")

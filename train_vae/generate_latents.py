@@ -419,7 +419,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data_dir", required=True, help="folder of training videos")
     p.add_argument("--output_dir", required=True, help="folder for the latent files and manifest.json")
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
-    p.add_argument("--resolution", type=int, default=128, help="square clip size in pixels")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="square clip size in pixels (default: the config's train.resolution, see train_vae/settings.py)")
     p.add_argument("--clips_per_video", type=int, default=4, help="random windows per video")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--files_from", default=None,
@@ -446,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with user_errors():
         cfg = load_config(args.config)
         num_frames = args.num_frames or int(cfg["num_frames"])
+        if args.resolution is None:  # the size the config trains at, so train.py finds this cache current
+            from train_vae.settings import from_config
+            args.resolution = from_config(cfg)[0].resolution
         check_clip_fits(cfg, num_frames, args.resolution, args.resolution)
         check_dir(args.data_dir, "--data_dir")
         check_writable_dir(args.output_dir, "--output_dir")

@@ -89,11 +89,14 @@ class LossSchedule:
 
 
 class ReconstructionLoss(nn.Module):
-    """Per-pixel L1 plus (``lpips``) LPIPS-VGG on ``lpips_frames`` frames of the batch drawn at random (all if
-    None).
+    """The pixel-space part of the loss and its weights: per-pixel L1 against the video, L1 against the teacher's
+    decode (``teacher_l1``) and LPIPS-VGG on ``lpips_frames`` frames of the batch drawn at random (all if None).
 
-    LPIPS-VGG over every frame dominates a CPU step, so sampling frames keeps it affordable; the
-    expectation over draws is the all-frame LPIPS.
+    ``lpips``: build the LPIPS network (a run whose LPIPS weight is 0 throughout never loads it). The weights of
+    each step come from ``LossSchedule`` and are applied here only: ``forward`` returns every term it computed
+    and ``nll``, their weighted sum; a term of weight 0 is not computed (except L1, which is logged always).
+    LPIPS-VGG over every frame dominates a CPU step, so sampling frames keeps it affordable; the expectation
+    over draws is the all-frame LPIPS.
     """
 
     def __init__(self, lpips: bool = True, lpips_frames: int | None = None, net: str = "vgg"):
@@ -101,32 +104,47 @@ class ReconstructionLoss(nn.Module):
         self.lpips_frames = lpips_frames
         self.lpips = LPIPS(net) if lpips else None
 
-    def forward(self, rec: torch.Tensor, target: torch.Tensor, with_lpips: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, rec: torch.Tensor, target: torch.Tensor, weights: dict[str, float] | None = None,
+                teacher_rec: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``rec``, ``target``, ``teacher_rec``: (B, 3, T, H, W) in [-1, 1]. ``weights``: {"l1", "lpips",
+        "teacher_l1"} (None: L1 1 and LPIPS 1 when built)."""
         if rec.shape != target.shape:
             raise ValueError(f"reconstruction {tuple(rec.shape)} and target {tuple(target.shape)} differ")
+        w = {"l1": 1.0, "lpips": 1.0 if self.lpips is not None else 0.0, "teacher_l1": 0.0, **(weights or {})}
+        if w["lpips"] > 0 and self.lpips is None:
+            raise ValueError("an LPIPS weight > 0 for a ReconstructionLoss built without LPIPS (lpips=False)")
         out = {"l1": (rec - target).abs().mean()}
-        if self.lpips is not None and with_lpips:
+        if teacher_rec is not None and w["teacher_l1"]:
+            out["teacher_l1"] = (rec - teacher_rec).abs().mean()
+        if w["lpips"] > 0:
             frames = lambda v: v.transpose(1, 2).reshape(-1, *v.shape[1:2], *v.shape[3:])  # noqa: E731 (B*T, 3, H, W)
-            rec, target = frames(rec), frames(target)
-            if self.lpips_frames is not None and self.lpips_frames < len(rec):
-                idx = torch.randperm(len(rec), device=rec.device)[: self.lpips_frames]
-                rec, target = rec[idx], target[idx]
-            out["lpips"] = self.lpips(rec.float(), target.float()).mean()
+            a, b = frames(rec), frames(target)
+            if self.lpips_frames is not None and self.lpips_frames < len(a):
+                idx = torch.randperm(len(a), device=a.device)[: self.lpips_frames]
+                a, b = a[idx], b[idx]
+            out["lpips"] = self.lpips(a.float(), b.float()).mean()
+        out["nll"] = sum((w[k] * v for k, v in out.items() if w[k]), rec.new_zeros((), dtype=torch.float32))
         return out
+
+
+PROJECTION_HEADS = ("two_layer", "linear")
 
 
 class FeatureProjection(nn.Module):
     """Maps a student feature onto a teacher feature of another width and, possibly, resolution.
 
-    Two stacked 1x1x1 convs (paper Table 7) with a SiLU between them. When the teacher block is at
+    ``head="two_layer"``: two stacked 1x1x1 convs with a SiLU between them (the paper's choice, Table 7);
+    ``head="linear"``: one 1x1x1 conv (Table 7's other row). When the teacher block is at
     a higher resolution by (r_t, r_h, r_w), the second conv predicts C_t * r_t * r_h * r_w channels that
     the decoupled pixel shuffle moves into time and space (dropping r_t - 1 leading frames for first-frame-alone
     teachers). When the teacher block is at a lower spatial resolution, the student feature is first
     folded space-to-depth.
     """
 
-    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
+    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], head: str = "two_layer"):
         super().__init__()
+        if head not in PROJECTION_HEADS:
+            raise ValueError(f"projection head must be one of {', '.join(PROJECTION_HEADS)}, got '{head}'")
         cs, ts, hs, ws = student_shape[1:]
         ct, tt, ht, wt = teacher_shape[1:]
         self.down = (hs // ht, ws // wt) if hs > ht else (1, 1)
@@ -145,7 +163,8 @@ class FeatureProjection(nn.Module):
             raise ValueError(f"cannot align student feature {student_shape} to teacher {teacher_shape} in space")
         self.up = (r_t, r_h, r_w)
         hidden = ct * r_t * r_h * r_w
-        self.proj = nn.Sequential(nn.Conv3d(cs2, hidden, 1), nn.SiLU(), nn.Conv3d(hidden, hidden, 1))
+        self.proj = (nn.Conv3d(cs2, hidden, 1) if head == "linear" else
+                     nn.Sequential(nn.Conv3d(cs2, hidden, 1), nn.SiLU(), nn.Conv3d(hidden, hidden, 1)))
         self.shuffle = DecoupledPixelShuffle3d(self.up)
 
     def align(self, f_student: torch.Tensor, f_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +200,7 @@ class DistillationLoss(nn.Module):
     same stage on both sides), select those teacher channels (``ChannelSelection``)."""
 
     def __init__(self, pairs: list[tuple[str, str]], student_shapes: dict, teacher_shapes: dict, kind: str = "l1",
-                 teacher_channels: dict[str, list[int]] | None = None):
+                 teacher_channels: dict[str, list[int]] | None = None, head: str = "two_layer"):
         super().__init__()
         if kind not in ("l1", "mse"):
             raise ValueError(f"distillation loss must be 'l1' or 'mse', got '{kind}'")
@@ -190,7 +209,7 @@ class DistillationLoss(nn.Module):
         chosen = teacher_channels or {}
         self.heads = nn.ModuleDict({
             f"{s}__{t}": ChannelSelection(chosen[s]) if s == t and s in chosen
-            else FeatureProjection(student_shapes[s], teacher_shapes[t]) for s, t in self.pairs
+            else FeatureProjection(student_shapes[s], teacher_shapes[t], head) for s, t in self.pairs
         })
 
     @property

@@ -8,7 +8,8 @@ encoder; the student decodes them; the frozen teacher runs only up to the deepes
 the distillation targets (through to the video when the step also matches the teacher's output); the loss
 is L1 + LPIPS-VGG + distillation (+ the GAN term from ``disc_start`` on), or, for configs with
 ``train.phases`` (teacher-derived students), the weights of the current phase (``losses.LossSchedule``).
-Settings: defaults below, then the config's ``train:`` section, then the command line.
+Settings: ``train_vae/settings.py`` (typed, with help text), then the config's ``train:`` section (``--set KEY=VALUE``
+edits any config key), then the command line. ``--init_from RUN`` starts stage 2 from a finished run.
 
 Teacher-derived students (``student: {type: derived}``, ``models/derived``) are first derived from the teacher
 on ``calibration_samples`` latent clips of the training set (``--selection``, ``--compensation``); the result
@@ -40,14 +41,15 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from models.cli import ArgumentParser, UserError, check_dir, check_writable_dir, run, user_errors
-from models.config import (build_student, check_clip_fits, has_teacher, is_derived, load_config, load_teacher,
-                           teacher_config_of, teacher_frame_rule)
+from models.config import (build_student, check_clip_fits, has_teacher, is_derived, load_config, load_student,
+                           load_teacher, resolve_student_dir, teacher_config_of, teacher_frame_rule)
 from models.cpu_fast import fast_on
 from models.files import atomic_dir, atomic_write, folder_problem
 from models.student import StudentDecoder
@@ -56,23 +58,8 @@ from train_vae.data import VideoDataset, VideoIndex, collate_videos, make_proced
 from train_vae.losses import (DistillationLoss, LossSchedule, PatchDiscriminator3d, ReconstructionLoss,
                               adaptive_weight, generator_adv_loss, hinge_d_loss)
 from train_vae.metrics import psnr, to_unit
-
-DEFAULTS = dict(
-    data_dir=None, output_dir=None, latents_dir=None, max_steps=1000, resolution=256, num_frames=None,
-    frame_stride=1, batch_size=1, grad_accum=1, seed=0, resume=None, lr=2e-4, lr_schedule="constant",
-    warmup_steps=0, adam_betas=(0.9, 0.95), weight_decay=0.0, max_grad_norm=1.0, ema_decay=0.999,
-    lpips_weight=1.0, lpips_frames=None, distill_weight=1.0, distill_loss="l1", disc_weight=0.05,
-    disc_start=None, disc_channels=32, disc_lr=None, num_holdout=3, clips_per_video=4, val_every=100,
-    log_every=10, checkpoint_every=500, keep_checkpoints=2, mixed_precision="no", num_workers=0,
-    report_to="wandb", cache_latents=False, train_crop=None, train_frames=None,
-    phases=None, phase_ramp=0.0, selection="independence", compensation="refit", calibration_samples=16,
-    calibration_frames=None, colour_augment=0.0,
-)
-# settings of the fixed (Turbo-VAED) loss weights, which a config with train.phases sets per phase instead
-FIXED_WEIGHT_SETTINGS = ("lpips_weight", "distill_weight", "disc_weight", "disc_start")
-# settings of the teacher-derived student's initialisation (models/derived), meaningless for Turbo-VAED
-DERIVATION_SETTINGS = ("selection", "compensation", "calibration_samples", "calibration_frames")
-
+from train_vae.settings import (DERIVATION_SETTINGS, FIXED_WEIGHT_SETTINGS, NEEDS, TrainSettings, field_type,
+                                apply_overrides, from_config, settings_fields)
 
 # ---- small pieces of training state --------------------------------------------------------------
 class EMA:
@@ -150,87 +137,111 @@ def micro_batches(dataset, batch_size: int, seed: int, start: int, rank: int = 0
 
 
 # ---- settings ------------------------------------------------------------------------------------
-def parse_args(argv=None) -> dict:
+def build_parser() -> ArgumentParser:
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="taef2", help="config name (configs/NAME.yaml) or path")
-    for key, default in DEFAULTS.items():
-        if key in ("adam_betas", "phases"):  # lists: the config's train: section only
+    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="edit any config key by its dotted path, e.g. --set train.lr=1e-4 "
+                         "student.depthwise_kernel_size=3 (YAML values, checked; recorded in OUTPUT_DIR/config.yaml)")
+    for f in settings_fields():
+        if not f.metadata["cli"]:
             continue
-        if key == "cache_latents":
-            ap.add_argument("--cache_latents", action=argparse.BooleanOptionalAction, default=None,
-                            help="encode the training clips once into OUTPUT_DIR/latents (default: the config's)")
-            continue
-        kind = type(default) if default is not None else str
-        if key in ("lpips_frames", "disc_start", "num_frames", "disc_lr", "train_crop", "train_frames",
-                   "calibration_frames"):
-            kind = float if key == "disc_lr" else int
-        ap.add_argument(f"--{key}", type=kind, default=None, help=f"default: {default} (or the config's train: value)")
-    args = vars(ap.parse_args(argv))
+        kind, _ = field_type(f.name)
+        text = f"{f.metadata['help']} (default: {f.default}, or the config's train: value)"
+        if kind is bool:
+            ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            ap.add_argument(f"--{f.name}", type=kind, default=None, help=text)
+    return ap
+
+
+def parse_args(argv=None) -> TrainSettings:
+    """The run's settings: the config (with ``--set`` applied), its ``train:`` section (and ``train.stage2`` under
+    ``--init_from``), then the flags; ValueError naming the value for anything inconsistent."""
+    args = vars(build_parser().parse_args(argv))
     args.pop("debug")  # read by models.cli.run, not a training setting
-    cfg = load_config(args.pop("config"))
+    cfg = apply_overrides(load_config(args.pop("config")), args.pop("overrides"))
     given = {k: v for k, v in args.items() if v is not None}
-    settings = {**DEFAULTS, **cfg.get("train", {}), **given}
-    if settings["phases"]:
-        clash = [k for k in FIXED_WEIGHT_SETTINGS if k in given or k in cfg.get("train", {})]
+    s, named = from_config(cfg, given)
+    if s.init_from:  # stage 2: the config's train.stage2 recipe over its train: section
+        s, named = from_config(cfg, given, stage2=True)
+    if s.phases:
+        clash = [k for k in FIXED_WEIGHT_SETTINGS if k in named]
         if clash:
             raise ValueError(f"config {cfg['name']} sets its loss weights per phase (train.phases); "
                              f"{', '.join('--' + k for k in clash)} do nothing there: edit the phases instead")
+    else:
+        for k, (need, on) in NEEDS.items():  # said once, at the start; the run goes on without them
+            if k in named and not on(s):
+                print(f"warning: {k} {getattr(s, k)} does nothing in this run: it needs {need} "
+                      f"({'e.g. --disc_start 0' if need == 'disc_start' else '--lpips_weight > 0'})",
+                      file=sys.stderr, flush=True)
     if is_derived(cfg):  # a bad layout or derivation setting fails here, before any data or teacher work
         from models.config import default_teacher_config
         from models.derived.pruning import check_derivation_settings, student_kwargs
         student_kwargs(cfg, default_teacher_config(cfg))
-        check_derivation_settings(settings["selection"], settings["compensation"])
+        check_derivation_settings(s.selection, s.compensation)
     else:
-        clash = [k for k in DERIVATION_SETTINGS if k in given or k in cfg.get("train", {})]
+        clash = [k for k in DERIVATION_SETTINGS if k in named]
         if clash:
             raise ValueError(f"{', '.join('--' + k for k in clash)} set how a teacher-derived student is initialised; "
                              f"config {cfg['name']} has a Turbo-VAED student (use a flash_* config)")
-    settings["adam_betas"] = tuple(settings["adam_betas"])
-    settings["num_frames"] = settings["num_frames"] or cfg["num_frames"]
-    settings["output_dir"] = settings["output_dir"] or f"outputs/{cfg['name']}"
-    for key in ("output_dir", "data_dir", "latents_dir"):  # from where the command was given (train.sh keeps it)
-        if settings[key]:
-            settings[key] = str(Path(settings[key]).expanduser().resolve())
-    if settings["cache_latents"] and not settings["latents_dir"]:  # the config asks for a latent cache
-        settings["latents_dir"] = str(Path(settings["output_dir"]) / "latents")
-    if settings["disc_start"] is None:
-        settings["disc_start"] = settings["max_steps"]  # no GAN stage unless asked for
-    if settings["report_to"] not in ("wandb", "none"):
-        raise ValueError(f"--report_to must be 'wandb' or 'none', got {settings['report_to']!r}")
-    return {"cfg": cfg, **settings}
+    if "grad_accum" in given and "effective_batch" not in given:
+        s.effective_batch = None  # the explicit accumulation wins over the config's target
+    elif "grad_accum" in given:
+        raise ValueError("--grad_accum and --effective_batch both set the accumulation: pass one of them")
+    if s.mixed_precision != "no" and "mixed_precision" not in given and not torch.cuda.is_available():
+        print(f"note: config {cfg['name']} trains in {s.mixed_precision} on a GPU; no GPU here, so fp32 "
+              f"(--mixed_precision {s.mixed_precision} forces it)", file=sys.stderr, flush=True)
+        s.mixed_precision = "no"
+    s.num_frames = s.num_frames or cfg["num_frames"]
+    s.output_dir = s.output_dir or f"outputs/{cfg['name']}"
+    for key in ("output_dir", "data_dir", "latents_dir", "init_from"):  # from where the command was given
+        if getattr(s, key):
+            setattr(s, key, str(Path(getattr(s, key)).expanduser().resolve()))
+    if s.cache_latents and not s.latents_dir:  # the config asks for a latent cache
+        s.latents_dir = str(Path(s.output_dir) / "latents")
+    if s.disc_start is None:
+        s.disc_start = s.max_steps  # no GAN stage unless asked for
+    if s.report_to not in ("wandb", "none"):
+        raise ValueError(f"--report_to must be 'wandb' or 'none', got {s.report_to!r}")
+    return s
 
 
-def check_settings(s: dict) -> None:
+def check_settings(s: TrainSettings) -> None:
     """Every check that needs no teacher, no video decoding and no cache, so a bad request fails in a moment with
     one UserError naming the value, what is expected and how to fix it: the config has a teacher, counts are
     positive, the clip size fits the teacher, the crops fit the clip, folders exist or can be written."""
-    cfg = s["cfg"]
+    cfg = s.cfg
     if not has_teacher(cfg):
         raise UserError(f"config {cfg['name']} has no public teacher to distill from ({cfg['teacher'].get('note', '')}); "
                         f"pick another --config")
     for key in ("max_steps", "batch_size", "grad_accum", "num_holdout", "clips_per_video", "frame_stride",
                 "val_every", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if int(s[key]) < 1:
-            raise UserError(f"--{key} {s[key]}: must be >= 1")
-    if not 0.0 <= s["colour_augment"] <= 1.0:
-        raise UserError(f"--colour_augment {s['colour_augment']}: the share of training clips given a random colour "
+        if int(getattr(s, key)) < 1:
+            raise UserError(f"--{key} {getattr(s, key)}: must be >= 1")
+    if not 0.0 <= s.colour_augment <= 1.0:
+        raise UserError(f"--colour_augment {s.colour_augment}: the share of training clips given a random colour "
                         f"transform, must be in [0, 1] (0: none)")
-    if s["lr_schedule"] not in ("constant", "cosine"):
-        raise UserError(f"--lr_schedule {s['lr_schedule']}: must be constant or cosine")
+    if s.lr_schedule not in ("constant", "cosine"):
+        raise UserError(f"--lr_schedule {s.lr_schedule}: must be constant or cosine")
     with user_errors():
-        check_clip_fits(cfg, s["num_frames"], s["resolution"], s["resolution"])
+        check_clip_fits(cfg, s.num_frames, s.resolution, s.resolution)
     _, ch, _ = cfg["compression"]
-    if s["train_crop"] and (s["train_crop"] % ch or s["train_crop"] > s["resolution"]):
-        raise UserError(f"--train_crop {s['train_crop']} must be a multiple of {ch} and at most the clip size "
-                        f"{s['resolution']}; e.g. {max(ch, min(s['resolution'], s['train_crop']) // ch * ch)}, or 0 for none")
-    if s["train_frames"] and teacher_frame_rule(cfg).first_frame_alone:
-        raise UserError(f"--train_frames {s['train_frames']}: needs a teacher without a first frame alone (frame-wise "
+    if s.train_crop and (s.train_crop % ch or s.train_crop > s.resolution):
+        raise UserError(f"--train_crop {s.train_crop} must be a multiple of {ch} and at most the clip size "
+                        f"{s.resolution}; e.g. {max(ch, min(s.resolution, s.train_crop) // ch * ch)}, or 0 for none")
+    if s.train_frames and teacher_frame_rule(cfg).first_frame_alone:
+        raise UserError(f"--train_frames {s.train_frames}: needs a teacher without a first frame alone (frame-wise "
                         f"or 4k-frame VAEs), and config {cfg['name']}'s takes 1 + 4k frames; use --train_frames 0")
-    if s["data_dir"] is not None:
-        check_dir(s["data_dir"], "--data_dir", "video folder")
-    check_writable_dir(s["output_dir"], "--output_dir")
-    if s["latents_dir"]:
-        check_writable_dir(s["latents_dir"], "--latents_dir")
+    if s.data_dir is not None:
+        check_dir(s.data_dir, "--data_dir", "video folder")
+    check_writable_dir(s.output_dir, "--output_dir")
+    if s.latents_dir:
+        check_writable_dir(s.latents_dir, "--latents_dir")
+    if s.init_from:
+        with user_errors():
+            resolve_student_dir(s.init_from)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -310,48 +321,55 @@ def calibration_latents(dataset, teacher, samples: int, frames: int | None, seed
 
 # ---- the trainer ---------------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, s: dict, accelerator: Accelerator | None = None):
+    def __init__(self, s: TrainSettings, accelerator: Accelerator | None = None):
         check_settings(s)  # a bad request fails here, before the teacher, the data or the cache are touched
         self.s = s
-        self.cfg = s["cfg"]
+        self.cfg = s.cfg
         # the schedule counts optimizer steps: by default accelerate would step it once per process per step
         # (an 8-process run would reach the end of its cosine after 1/8 of max_steps)
-        self.acc = accelerator or Accelerator(mixed_precision=s["mixed_precision"], step_scheduler_with_optimizer=False)
-        self.out = Path(s["output_dir"])
+        self.acc = accelerator or Accelerator(mixed_precision=s.mixed_precision, step_scheduler_with_optimizer=False)
+        if s.effective_batch:  # the recipe's batch per optimizer step, whatever the number of processes
+            per_step = s.batch_size * self.acc.num_processes
+            if s.effective_batch % per_step:
+                raise UserError(f"--effective_batch {s.effective_batch} is not a multiple of batch_size {s.batch_size} "
+                                f"x {self.acc.num_processes} process(es); change --batch_size or NUM_PROCESSES, or "
+                                f"pass --grad_accum")
+            s.grad_accum = s.effective_batch // per_step
+        self.out = Path(s.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        self.resume_from = find_checkpoint(self.ckpt_dir, s["resume"]) if s["resume"] else None
+        self.resume_from = find_checkpoint(self.ckpt_dir, s.resume) if s.resume else None
         if self.acc.is_main_process:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        set_seed(s["seed"])
+        set_seed(s.seed)
         self.device = self.acc.device
         self.t_start = time.time()
-        self.weights = (LossSchedule(s["phases"], s["max_steps"], s["phase_ramp"]) if s["phases"] else
-                        LossSchedule.fixed(s["max_steps"], s["lpips_weight"], s["distill_weight"], s["disc_weight"],
-                                           s["disc_start"]))
+        self.weights = (LossSchedule(s.phases, s.max_steps, s.phase_ramp) if s.phases else
+                        LossSchedule.fixed(s.max_steps, s.lpips_weight, s.distill_weight, s.disc_weight,
+                                           s.disc_start))
         self.index = self._index_data()
-        self.colour_jitter = ColourJitter(s["colour_augment"]) if s["colour_augment"] else None
+        self.colour_jitter = ColourJitter(s.colour_augment) if s.colour_augment else None
         self.teacher = load_teacher(self.cfg).to(self.device)
         self._setup_data()
         # on CPU, oneDNN forward and backward (models/cpu_fast.py); parameters and checkpoints stay the plain model's
         student = fast_on(self._make_student().to(self.device), self.device)
         distill = self._build_distillation(student) if self.weights.uses("distill") else None
         self.model = Generator(student, distill).to(self.device)
-        self.recon = ReconstructionLoss(self.weights.uses("lpips"), s["lpips_frames"]).to(self.device)
-        self.ema = EMA(student, s["ema_decay"])
+        self.recon = ReconstructionLoss(self.weights.uses("lpips"), s.lpips_frames).to(self.device)
+        self.ema = EMA(student, s.ema_decay)
         # copied once: a fresh model's random init would draw from the global RNG at every validation and
         # checkpoint, and a resumed run would then see different random numbers than an uninterrupted one
         self._ema_model = copy.deepcopy(student).eval().requires_grad_(False)
         self.progress = Progress()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=s["lr"], betas=s["adam_betas"], weight_decay=s["weight_decay"])
+        self.opt = torch.optim.AdamW(params, lr=s.lr, betas=s.adam_betas, weight_decay=s.weight_decay)
         self.sched = self._schedule(self.opt)
         self.use_gan = self.weights.uses("adv")
         prepared = [self.model, self.opt, self.sched]
         if self.use_gan:
-            self.disc = PatchDiscriminator3d(s["disc_channels"]).to(self.device)
-            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=s["disc_lr"] or s["lr"], betas=s["adam_betas"])
+            self.disc = PatchDiscriminator3d(s.disc_channels).to(self.device)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=s.disc_lr or s.lr, betas=s.adam_betas)
             # the discriminator's own scaler: never share the generator's (a reference-code defect)
-            self.disc_scaler = torch.amp.GradScaler(self.device.type) if s["mixed_precision"] == "fp16" else None
+            self.disc_scaler = torch.amp.GradScaler(self.device.type) if s.mixed_precision == "fp16" else None
             prepared += [self.disc, self.disc_opt]
         prepared = self.acc.prepare(*prepared)
         self.model, self.opt, self.sched = prepared[:3]
@@ -366,46 +384,46 @@ class Trainer:
         """Index the video folder and split it into training and held-out files (before the teacher is loaded:
         an empty or too small folder is a user error)."""
         s = self.s
-        data_dir = s["data_dir"]
+        data_dir = s.data_dir
         if data_dir is None:
             raise UserError("--data_dir is required (train.sh picks a demo folder when none is given)")
         with user_errors():
-            index = VideoIndex(data_dir, num_frames=s["num_frames"], frame_stride=s["frame_stride"])
-        if len(index.entries) <= s["num_holdout"]:
+            index = VideoIndex(data_dir, num_frames=s.num_frames, frame_stride=s.frame_stride)
+        if len(index.entries) <= s.num_holdout:
             raise UserError(f"--data_dir {data_dir}: {len(index.entries)} usable clips, need more than --num_holdout "
-                            f"{s['num_holdout']} to hold some out for validation; add videos or lower --num_holdout")
-        self.train_files, self.holdout_files = split_files(index, s["num_holdout"], s["seed"])
+                            f"{s.num_holdout} to hold some out for validation; add videos or lower --num_holdout")
+        self.train_files, self.holdout_files = split_files(index, s.num_holdout, s.seed)
         return index
 
     def _setup_data(self) -> None:
         """The training set (the latent cache, built, finished or rebuilt as it needs, or videos encoded on the
         fly) and the held-out windows with their teacher latents and PSNR."""
-        s, index, data_dir = self.s, self.index, self.s["data_dir"]
-        if s["latents_dir"]:
+        s, index, data_dir = self.s, self.index, self.s.data_dir
+        if s.latents_dir:
             from train_vae.generate_latents import generate_latents
             from train_vae.latent_dataset import LatentDataset, collate_latents
-            latents_dir = Path(s["latents_dir"])
+            latents_dir = Path(s.latents_dir)
             if self.acc.is_main_process:  # a cache of other data, teacher or settings is rebuilt, a partial one finished
-                generate_latents(self.cfg, data_dir, latents_dir, num_frames=s["num_frames"],
-                                 resolution=s["resolution"], clips_per_video=s["clips_per_video"], seed=s["seed"],
+                generate_latents(self.cfg, data_dir, latents_dir, num_frames=s.num_frames,
+                                 resolution=s.resolution, clips_per_video=s.clips_per_video, seed=s.seed,
                                  files=self.train_files, store_frames=True, teacher=self.teacher, rebuild_stale=True,
-                                 frame_stride=s["frame_stride"])
+                                 frame_stride=s.frame_stride)
             self.acc.wait_for_everyone()
             self.train_set, self.collate = LatentDataset(latents_dir, data_dir), collate_latents
         else:
-            self.train_set = VideoDataset(data_dir, num_frames=s["num_frames"], resolution=s["resolution"],
-                                          frame_stride=s["frame_stride"], train=True, files=self.train_files,
-                                          seed=s["seed"], clips_per_video=s["clips_per_video"], index=index)
+            self.train_set = VideoDataset(data_dir, num_frames=s.num_frames, resolution=s.resolution,
+                                          frame_stride=s.frame_stride, train=True, files=self.train_files,
+                                          seed=s.seed, clips_per_video=s.clips_per_video, index=index)
             self.collate = collate_videos
         self.val_clips, self.val_video, self.val_latents = holdout_windows(
-            index, self.holdout_files, self.teacher, s["num_frames"], s["resolution"], s["frame_stride"], self.device)
+            index, self.holdout_files, self.teacher, s.num_frames, s.resolution, s.frame_stride, self.device)
         videos = self.val_video
         teacher_rec = torch.cat([self.teacher.decode(z[None]).clamp(-1, 1) for z in self.val_latents])
         self.teacher_val_psnr = psnr(to_unit(teacher_rec), to_unit(videos)).mean().item()
 
     def batches(self, start_micro: int):
-        return micro_batches(self.train_set, self.s["batch_size"], self.s["seed"], start_micro,
-                             self.acc.process_index, self.acc.num_processes, self.s["num_workers"], self.collate)
+        return micro_batches(self.train_set, self.s.batch_size, self.s.seed, start_micro,
+                             self.acc.process_index, self.acc.num_processes, self.s.num_workers, self.collate)
 
     def latents_and_video(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's latents (cached, or encoded now) and video. With ``train_crop`` a random square crop
@@ -414,7 +432,7 @@ class Trainer:
         same windows; the student is fully convolutional, and validation decodes whole windows."""
         video = batch["video"].to(self.device)
         latents = batch["latents"].to(self.device) if "latents" in batch else self.teacher.encode(video)
-        n = self.s["train_frames"]
+        n = self.s.train_frames
         if n and n < latents.shape[2]:
             if self.teacher.first_frame_alone:
                 raise ValueError("--train_frames needs a teacher without a first frame alone (frame-wise or 4k-frame "
@@ -422,7 +440,7 @@ class Trainer:
             ct = self.teacher.compression[0]
             a = int(torch.randint(latents.shape[2] - n + 1, ()))
             latents, video = latents[:, :, a:a + n], video[:, :, a * ct:(a + n) * ct]
-        crop = self.s["train_crop"]
+        crop = self.s.train_crop
         if crop:
             _, ch, cw = self.teacher.compression
             lh, lw = crop // ch, crop // cw
@@ -443,19 +461,23 @@ class Trainer:
     def _make_student(self) -> StudentDecoder:
         """A Turbo-VAED student (random init), or a teacher-derived one: derived from the teacher on calibration
         latents of the training set (saved to OUTPUT_DIR/derived), or, when resuming, rebuilt from the
-        checkpoint's config (its weights come with the checkpoint)."""
+        checkpoint's config (its weights come with the checkpoint). With ``--init_from RUN`` (stage 2): RUN's
+        saved student (its EMA weights), which the EMA then starts from too."""
+        if self.s.init_from:
+            with user_errors():
+                return load_student(self.cfg, self.s.init_from).train()
         if not is_derived(self.cfg):
             return build_student(self.cfg)
         from models.derived import DerivedStudent, derive, student_kwargs
-        if self.s["resume"]:
+        if self.s.resume:
             folder = self.resume_from / "student"
             return DerivedStudent.from_config(DerivedStudent.load_config(str(folder)))
         s = self.s
-        latents = calibration_latents(self.train_set, self.teacher, s["calibration_samples"], s["calibration_frames"],
-                                      s["seed"]).to(self.device)
+        latents = calibration_latents(self.train_set, self.teacher, s.calibration_samples, s.calibration_frames,
+                                      s.seed).to(self.device)
         kwargs = student_kwargs(self.cfg, teacher_config_of(self.teacher))
         t0 = time.time()
-        student, report = derive(self.teacher, kwargs, latents, s["selection"], s["compensation"], seed=s["seed"],
+        student, report = derive(self.teacher, kwargs, latents, s.selection, s.compensation, seed=s.seed,
                                  log=lambda m: tqdm.write(f"derive: {m}"))
         self.derivation = {**report.summary(), "calibration_latents": list(latents.shape),
                            "seconds": round(time.time() - t0, 1)}
@@ -474,16 +496,17 @@ class Trainer:
             _, sf = student(z, return_features=tuple({s for s, _ in pairs}))
             tf = self.teacher.features(z, sorted({t for _, t in pairs}))
         return DistillationLoss(pairs, {k: v.shape for k, v in sf.items()}, {k: v.shape for k, v in tf.items()},
-                                self.s["distill_loss"], getattr(student.config, "teacher_channels", None))
+                                self.s.distill_loss, getattr(student.config, "teacher_channels", None),
+                                self.s.distill_head)
 
     def _schedule(self, opt):
         s = self.s
-        total, warm = s["max_steps"], s["warmup_steps"]
+        total, warm = s.max_steps, s.warmup_steps
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
-            if s["lr_schedule"] == "cosine":  # else constant (check_settings allows no other)
+            if s.lr_schedule == "cosine":  # else constant (check_settings allows no other)
                 return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
             return 1.0
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -502,7 +525,7 @@ class Trainer:
         w = self.weights(self.progress.step)
         gan_on = self.use_gan and w["adv"] > 0
         totals: dict[str, float] = {}
-        n = s["grad_accum"]
+        n = s.grad_accum
         unwrapped = acc.unwrap_model(self.model)
         teacher_blocks = list(unwrapped.distill.teacher_blocks) if unwrapped.distill is not None and w["distill"] else []
         teacher_blocks += ["video"] if w["teacher_l1"] else []
@@ -511,11 +534,9 @@ class Trainer:
             sync = acc.no_sync(self.model) if i < n - 1 else contextlib.nullcontext()
             with sync, acc.autocast():
                 rec, sfeats = self.model(latents)
-                losses = self.recon(rec, video, with_lpips=w["lpips"] > 0)
                 tfeats = self.teacher_features(latents, teacher_blocks) if teacher_blocks else {}
-                if "video" in tfeats:
-                    losses["teacher_l1"] = (rec - tfeats.pop("video")).abs().mean()
-                nll = sum(w[k] * losses[k] for k in ("l1", "lpips", "teacher_l1") if w[k] and k in losses)
+                losses = self.recon(rec, video, w, teacher_rec=tfeats.pop("video", None))
+                nll = losses.pop("nll")
                 loss = nll
                 if tfeats:
                     d = unwrapped.distill(sfeats, tfeats)
@@ -539,8 +560,8 @@ class Trainer:
                 (self.disc_scaler.scale(d_loss / n) if self.disc_scaler else d_loss / n).backward()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / n
-        if s["max_grad_norm"]:
-            acc.clip_grad_norm_(self.model.parameters(), s["max_grad_norm"])
+        if s.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -584,13 +605,13 @@ class Trainer:
         acc.save_state(str(tmp), safe_serialization=False)
         if acc.is_main_process:
             self.ema_student().save_pretrained(tmp / "student")
-            atomic_write(tmp / "settings.json", json.dumps(_jsonable(self.s), indent=1))
+            atomic_write(tmp / "settings.json", json.dumps(self.s.to_dict(), indent=1))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
             atomic_write(self.ckpt_dir / "latest", name)
             done = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
-            for old in done[: max(0, len(done) - self.s["keep_checkpoints"])]:
+            for old in done[: max(0, len(done) - self.s.keep_checkpoints)]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
         return final
@@ -623,24 +644,28 @@ class Trainer:
     # -- the loop
     def fit(self) -> dict:
         s, acc = self.s, self.acc
-        self.wandb = _init_wandb(s, self.out) if acc.is_main_process and s["report_to"] == "wandb" else None
-        if s["resume"]:
+        self.wandb = _init_wandb(s, self.out) if acc.is_main_process and s.report_to == "wandb" else None
+        if s.resume:
             self.resume()
         elif acc.is_main_process and self.log_path.exists():
             self.log_path.unlink()  # a fresh run starts a fresh log
+        if acc.is_main_process:  # the config as this run resolved it (--set applied, train: as used)
+            print(f"effective batch {s.batch_size * s.grad_accum * acc.num_processes} = batch_size {s.batch_size} "
+                  f"x grad_accum {s.grad_accum} x {acc.num_processes} process(es)", file=sys.stderr, flush=True)
+            atomic_write(self.out / "config.yaml", yaml.safe_dump(resolved_config(s), sort_keys=False))
         start = self.progress.step
-        stream = self.batches(start * s["grad_accum"])
+        stream = self.batches(start * s.grad_accum)
         if start == 0:
             self.log({"step": 0, "val_psnr": self.validate(), "teacher_val_psnr": self.teacher_val_psnr})
-        bar = tqdm(total=s["max_steps"], initial=start, disable=not acc.is_main_process, desc="train", unit="step")
+        bar = tqdm(total=s.max_steps, initial=start, disable=not acc.is_main_process, desc="train", unit="step")
         t0, steps_since = time.perf_counter(), 0
-        while self.progress.step < s["max_steps"]:
+        while self.progress.step < s.max_steps:
             losses = self.train_step(stream)
             step, steps_since = self.progress.step, steps_since + 1
             bar.update(1)
-            last = step == s["max_steps"]
-            validate = step % s["val_every"] == 0 or last
-            if step % s["log_every"] == 0 or validate:
+            last = step == s.max_steps
+            validate = step % s.val_every == 0 or last
+            if step % s.log_every == 0 or validate:
                 sec = (time.perf_counter() - t0) / steps_since
                 row = {"step": step, **{k: round(v, 6) for k, v in losses.items()},
                        "lr": self.sched.get_last_lr()[0], "sec_per_step": round(sec, 4),
@@ -653,7 +678,7 @@ class Trainer:
                 if "val_psnr" in row:  # drawing the figure costs about as much as a CPU demo step
                     self.plot()
                 t0, steps_since = time.perf_counter(), 0
-            if step % s["checkpoint_every"] == 0 or step == s["max_steps"]:
+            if step % s.checkpoint_every == 0 or step == s.max_steps:
                 self.save_checkpoint()
         bar.close()
         return self.finish()
@@ -664,8 +689,9 @@ class Trainer:
         from train_vae.lpips import LPIPS
         model = self.ema_student()
         result = {"step": self.progress.step, "num_processes": self.acc.num_processes,
-                  "samples_per_step": self.s["batch_size"] * self.s["grad_accum"] * self.acc.num_processes,
-                  "n_holdout_clips": len(self.holdout_files), "holdout_files": self.holdout_files}
+                  "samples_per_step": self.s.batch_size * self.s.grad_accum * self.acc.num_processes,
+                  "n_holdout_clips": len(self.holdout_files), "holdout_files": self.holdout_files,
+                  "student_params": sum(p.numel() for p in model.parameters()), "settings": self.s.to_dict()}
         if getattr(self, "derivation", None):
             result["derivation"] = self.derivation
         if self.acc.is_main_process:
@@ -693,15 +719,17 @@ class Trainer:
         return result
 
 
-def _jsonable(s: dict) -> dict:
-    return {k: v for k, v in s.items() if k != "cfg"} | {"config": s["cfg"]["name"]}
+def resolved_config(s: TrainSettings) -> dict:
+    """The config a run used: its file with ``--set`` applied and ``train:`` holding every setting as resolved."""
+    train = {k: v for k, v in s.to_dict().items() if k != "config"}
+    return {k: v for k, v in s.cfg.items() if k not in ("train", "path")} | {"train": train}
 
 
-def _init_wandb(s: dict, out: Path):
+def _init_wandb(s: TrainSettings, out: Path):
     try:
         import wandb
         os.environ.setdefault("WANDB_MODE", "offline")
-        return wandb.init(project="turbo-vaed", name=out.name, dir=str(out), config=_jsonable(s))
+        return wandb.init(project="turbo-vaed", name=out.name, dir=str(out), config=s.to_dict())
     except Exception as e:  # logging must never stop training
         print(f"wandb disabled: {e}", file=sys.stderr)
         return None
@@ -724,8 +752,8 @@ def main(argv=None) -> dict:
     with user_errors():
         s = parse_args(argv)
     check_settings(s)  # before the demo's procedural clips are made (Trainer checks again, for callers in Python)
-    if s["data_dir"] is None:
-        s["data_dir"] = demo_data_dir(s["output_dir"])
+    if s.data_dir is None:
+        s.data_dir = demo_data_dir(s.output_dir)
     trainer = Trainer(s)
     result = trainer.fit()
     if trainer.acc.is_main_process:

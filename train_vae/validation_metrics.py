@@ -152,6 +152,11 @@ def list_clips(data: str | os.PathLike, num_frames: int, clips_per_video: int = 
                    for e in index.entries]
     else:
         raise FileNotFoundError(f"data path {str(p)!r} is neither a video file nor a folder")
+    return _windows(entries, num_frames, clips_per_video, max_clips)
+
+
+def _windows(entries: list[tuple], num_frames: int, clips_per_video: int, max_clips: int | None) -> list[Clip]:
+    """Clips of (rel, full path, frames, height, width, fps, reader) entries, in order, ``clips_per_video`` each."""
     clips: list[Clip] = []
     for rel, full, frames, h, w, fps, reader in entries:
         for s in window_starts(frames, num_frames, clips_per_video):
@@ -161,10 +166,93 @@ def list_clips(data: str | os.PathLike, num_frames: int, clips_per_video: int = 
     return clips
 
 
+DATA_LAYOUTS = ("videos", "ucf101", "davis")
+
+
+def data_layout(data: str | os.PathLike) -> str:
+    """How ``data`` holds its clips: ``ucf101`` (a test list file, e.g. testlist01.txt, of
+    ``Class/v_Class_gXX_cYY.avi`` lines), ``davis`` (a DAVIS-2017 folder with JPEGImages/480p/<sequence>/00000.jpg),
+    else ``videos`` (a folder of videos, searched recursively, or one video file)."""
+    p = Path(data).expanduser()
+    if p.is_file() and p.suffix.lower() == ".txt":
+        return "ucf101"
+    if p.is_dir() and ((p / "JPEGImages" / "480p").is_dir() or p.name == "480p" and p.parent.name == "JPEGImages"):
+        return "davis"
+    return "videos"
+
+
+def ucf101_entries(list_file: str | os.PathLike, video_root: str | os.PathLike | None = None,
+                   num_frames: int = 1) -> list[tuple]:
+    """The videos of a UCF-101 split list (``Class/v_Class_g01_c01.avi`` per line; a trailing class label, as in
+    the train lists, is ignored), in list order, found under ``video_root`` (default: the list's folder, or its
+    sibling ``UCF-101/``, the archive's layout). ValueError naming the first missing file or a too short video."""
+    from train_vae.data import probe_video
+
+    lst = Path(list_file).expanduser()
+    names = [line.split()[0] for line in lst.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"UCF-101 list {lst} names no videos")
+    roots = [Path(video_root).expanduser()] if video_root else [lst.parent, lst.parent.parent / "UCF-101"]
+    root = next((r for r in roots if (r / names[0]).is_file()), None)
+    if root is None:
+        raise ValueError(f"UCF-101 list {lst}: {names[0]} is not under {' or '.join(map(str, roots))}; pass "
+                         f"--video_root (the folder holding the class folders)")
+    entries = []
+    for rel in names:
+        path = root / rel
+        if not path.is_file():
+            raise ValueError(f"UCF-101 list {lst}: {path} is missing")
+        info = probe_video(path)
+        if info.frames < num_frames:
+            raise ValueError(f"{path} has {info.frames} frames, fewer than {num_frames}")
+        entries.append((rel, str(path.resolve()), info.frames, info.height, info.width, info.fps, info.reader))
+    return entries
+
+
+def davis_entries(root: str | os.PathLike, num_frames: int = 1) -> list[tuple]:
+    """DAVIS-2017 sequences (JPEGImages/480p/<sequence>/NNNNN.jpg), sorted by name, each one clip source;
+    sequences shorter than ``num_frames`` are left out (with a warning)."""
+    from PIL import Image
+
+    p = Path(root).expanduser()
+    frames_dir = p if p.name == "480p" else p / "JPEGImages" / "480p"
+    entries = []
+    for seq in sorted(d for d in frames_dir.iterdir() if d.is_dir()):
+        jpgs = sorted(seq.glob("*.jpg"))
+        if len(jpgs) < num_frames:
+            warnings.warn(f"skipping DAVIS sequence {seq.name}: {len(jpgs)} frames, fewer than {num_frames}")
+            continue
+        with Image.open(jpgs[0]) as im:
+            w, h = im.size
+        entries.append((seq.name, str(seq.resolve()), len(jpgs), h, w, 0.0, "jpeg"))
+    if not entries:
+        raise ValueError(f"DAVIS folder {frames_dir}: no sequence of >= {num_frames} JPEG frames")
+    return entries
+
+
+def list_dataset_clips(data: str | os.PathLike, num_frames: int, clips_per_video: int = 1,
+                       max_clips: int | None = None, video_root: str | os.PathLike | None = None) -> list[Clip]:
+    """The clips of ``data`` in any of the ``DATA_LAYOUTS`` (see ``data_layout``), deterministic."""
+    layout = data_layout(data)
+    if layout == "ucf101":
+        return _windows(ucf101_entries(data, video_root, num_frames), num_frames, clips_per_video, max_clips)
+    if layout == "davis":
+        return _windows(davis_entries(data, num_frames), num_frames, clips_per_video, max_clips)
+    return list_clips(data, num_frames, clips_per_video, max_clips)
+
+
 def read_clip_frames(clip: Clip) -> torch.Tensor:
     """uint8 (T, H, W, 3) frames of a clip at the video's own size."""
     from train_vae.data import read_video_frames
 
+    if clip.reader == "jpeg":  # a folder of numbered JPEG frames (DAVIS)
+        from PIL import Image
+        files = sorted(Path(clip.full_path).glob("*.jpg"))[clip.start:clip.start + clip.num_frames]
+        frames = []
+        for f in files:
+            with Image.open(f) as im:
+                frames.append(torch.from_numpy(np.asarray(im.convert("RGB"))))
+        return torch.stack(frames)
     backend = "pyav" if clip.reader == "pyav" else "auto"
     frames = read_video_frames(clip.full_path, clip.frame_indices, backend=backend, check_seek=False)
     if frames.shape[0] != clip.num_frames:
@@ -340,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True,
                    help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
     p.add_argument("--data_dir", required=True, help="folder of videos (searched recursively) or one video file")
-    p.add_argument("--num_frames", type=int, default=17)
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's num_frames)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="square clip size (default: the config's train.resolution, see train_vae/settings.py)")
     p.add_argument("--output", default="metrics.json", help="JSON file written by rank 0")
     p.add_argument("--max_clips", type=int, default=None, help="keep the first K clips")
     p.add_argument("--clips_per_video", type=int, default=1)
@@ -419,7 +508,13 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 def _run(args: argparse.Namespace) -> dict | None:
     from models.cli import UserError, check_output_file, user_errors
 
-    cfg, trained, _ = check_request(args.config, args.student, args.data_dir, args.num_frames, args.resolution)
+    if args.resolution is None:  # the size the config trains at (its train: section, else the settings default)
+        from models.config import load_config
+        from train_vae.settings import from_config
+        with user_errors():
+            args.resolution = from_config(load_config(args.config))[0].resolution
+    cfg, trained, args.num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames,
+                                                  args.resolution)
     check_output_file(args.output, "--output")
     if args.fvd_weights and not Path(args.fvd_weights).expanduser().is_file():
         raise UserError(f"--fvd_weights {args.fvd_weights}: no such file; leave it out to use the registry's I3D")
