@@ -1,5 +1,6 @@
-"""``PipelineVAE`` inside the real diffusers pipelines (LTX-Video, HunyuanVideo, CogVideoX, Wan 2.1), built from tiny
-randomly initialised components; prompt embeddings are passed directly, so no text encoder is needed.
+"""``PipelineVAE`` inside the real diffusers pipelines (LTX-Video, HunyuanVideo, CogVideoX, Wan 2.1, and FLUX.2 with a
+TAEF2 student), built from tiny randomly initialised components; prompt embeddings are passed directly, so no text
+encoder is needed.
 
 The diffusers pipeline modules import a few ``transformers`` classes at module level (for type hints and their
 loaders' base classes) and diffusers hides them when ``transformers`` is not installed. ``pipeline_class``
@@ -14,20 +15,21 @@ import types
 
 import pytest
 import torch
-from diffusers import (AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLLTXVideo,
-                       AutoencoderKLWan, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel,
-                       FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel, LTXVideoTransformer3DModel,
-                       WanTransformer3DModel)
+from diffusers import (AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLFlux2, AutoencoderKLHunyuanVideo,
+                       AutoencoderKLLTXVideo, AutoencoderKLWan, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel,
+                       FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel, HunyuanVideoTransformer3DModel,
+                       LTXVideoTransformer3DModel, WanTransformer3DModel)
 
 from models.config import build_student, load_config, teacher_config_dict
 from models.pipeline_vae import PipelineVAE
 from models.student import CheckpointMismatchError, TurboVAED
 
 TRANSFORMERS_NAMES = ("T5EncoderModel", "T5TokenizerFast", "T5Tokenizer", "CLIPTextModel", "CLIPTokenizer",
-                      "LlamaModel", "LlamaTokenizerFast", "AutoTokenizer", "UMT5EncoderModel")
+                      "LlamaModel", "LlamaTokenizerFast", "AutoTokenizer", "UMT5EncoderModel", "AutoProcessor",
+                      "Mistral3ForConditionalGeneration")
 LOADER_MIXINS = {"single_file": ("FromSingleFileMixin",),
                  "lora_pipeline": ("LTXVideoLoraLoaderMixin", "HunyuanVideoLoraLoaderMixin", "CogVideoXLoraLoaderMixin",
-                                   "WanLoraLoaderMixin")}
+                                   "WanLoraLoaderMixin", "Flux2LoraLoaderMixin")}
 
 
 def pipeline_class(module: str, name: str):
@@ -263,3 +265,108 @@ def test_clear_errors():
         PipelineVAE.from_teacher(hunyuan16, flash_wan)
     with pytest.raises(ValueError, match="no pipeline wrapper for a AutoencoderKL:"):
         PipelineVAE.from_teacher(AutoencoderKL(block_out_channels=(8,), norm_num_groups=8), student)
+
+
+# ---- FLUX.2 (Flux2Pipeline) with a student of the TAEF2 teacher ---------------------------------------------------
+def flux2():
+    """A tiny ``Flux2Pipeline`` (its VAE's latent statistics ``bn`` made non-trivial, so the tests see the
+    normalisation) and the taef2 config's own student."""
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(block_out_channels=(8,) * 4, layers_per_block=1, norm_num_groups=4,
+                             mid_block_add_attention=False)
+    with torch.no_grad():
+        vae.bn.running_mean.normal_()
+        vae.bn.running_var.uniform_(0.5, 2)
+    tr = Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                 num_attention_heads=2, joint_attention_dim=16, timestep_guidance_channels=32,
+                                 axes_dims_rope=(4, 4, 4, 4))
+    cls = pipeline_class("diffusers.pipelines.flux2.pipeline_flux2", "Flux2Pipeline")
+    pipe = cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None, transformer=tr)
+    return pipe, build_student(load_config("taef2")).eval()
+
+
+def flux2_raw(pipe, normalised: torch.Tensor) -> torch.Tensor:
+    """TAEF2-space latents (B, 32, H', W') -> the raw latents ``Flux2Pipeline`` hands its VAE (patchify,
+    de-normalise with ``vae.bn``, unpatchify, as in its ``__call__``)."""
+    bn, eps = pipe.vae.bn, pipe.vae.config.batch_norm_eps
+    p = pipe._patchify_latents(normalised)
+    return pipe._unpatchify_latents(p * (bn.running_var.view(1, -1, 1, 1) + eps).sqrt() + bn.running_mean.view(1, -1, 1, 1))
+
+
+def test_flux2_pipeline_generates_with_the_taef2_student():
+    """Two denoising steps; the image is the student's decode of the final latents as the transformer made them
+    (unpacked and unpatchified: TAEF2's latent space), i.e. the wrapper undoes the pipeline's de-normalisation."""
+    pipe, student = flux2()
+    pipe.vae = PipelineVAE.from_teacher(pipe.vae, student)
+    final = {}
+
+    def keep(p, i, t, tensors):
+        final["latents"] = tensors["latents"]
+        return {}
+
+    image = pipe(prompt_embeds=torch.randn(1, 8, 16), height=32, width=64, num_inference_steps=2, guidance_scale=1.0,
+                 output_type="pt", callback_on_step_end=keep,
+                 generator=torch.Generator().manual_seed(0)).images  # (B, 3, H, W) in [0, 1]
+    assert image.shape == (1, 3, 32, 64)
+    ids = pipe._prepare_latent_ids(torch.zeros(1, 128, 2, 4))
+    z = pipe._unpatchify_latents(pipe._unpack_latents_with_ids(final["latents"], ids))  # (1, 32, 4, 8)
+    with torch.no_grad():
+        want = student.decode(z.float().unsqueeze(2)).squeeze(2)
+    assert want.abs().le(1).float().mean() > 0.9  # mostly inside the range the pipeline keeps: a real check
+    torch.testing.assert_close(image, want.clamp(-1, 1) / 2 + 0.5, atol=1e-4, rtol=0)
+    assert image.min() >= 0 and image.max() <= 1
+
+
+def test_flux2_config_decode_and_encode():
+    pipe, student = flux2()
+    vae = pipe.vae
+    wrapped = PipelineVAE.from_teacher(vae, student)
+    assert wrapped.config.batch_norm_eps == vae.config.batch_norm_eps
+    assert wrapped.config.block_out_channels == [8] * 4 and wrapped.config.latent_channels == 32
+    assert wrapped.spatial_compression_ratio == 8 and wrapped.temporal_compression_ratio == 1
+    torch.testing.assert_close(wrapped.bn.running_mean, vae.bn.running_mean, atol=0, rtol=0)
+    torch.testing.assert_close(wrapped.bn.running_var, vae.bn.running_var, atol=0, rtol=0)
+    normalised = torch.randn(2, 32, 4, 6)
+    out = wrapped.decode(flux2_raw(pipe, normalised))
+    assert type(out).__name__ == "DecoderOutput" and out.sample.shape == (2, 3, 32, 48)
+    with torch.no_grad():
+        want = student.decode(normalised.unsqueeze(2)).squeeze(2)
+    torch.testing.assert_close(out.sample, want, atol=1e-4, rtol=1e-4)
+    wrapped.enable_slicing()
+    torch.testing.assert_close(wrapped.decode(flux2_raw(pipe, normalised), return_dict=False)[0], out.sample,
+                               atol=1e-5, rtol=1e-5)
+    image = torch.rand(1, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped.encode(image).latent_dist.mode(), vae.encode(image).latent_dist.mode())
+
+
+def test_flux2_save_and_load_round_trip(tmp_path):
+    pipe, _ = flux2()
+    student = build_student(load_config("flash_taef2")).eval()  # a DerivedStudent of the taef2 family
+    wrapped = PipelineVAE.from_teacher(pipe.vae, student)
+    wrapped.save_pretrained(tmp_path / "vae")
+    loaded = PipelineVAE.from_pretrained(tmp_path / "vae")
+    assert loaded.config.teacher_class == "AutoencoderKLFlux2" and loaded.config.student_class == "DerivedStudent"
+    torch.testing.assert_close(loaded.bn.running_var, pipe.vae.bn.running_var, atol=0, rtol=0)
+    z = torch.randn(1, 32, 4, 4)
+    torch.testing.assert_close(loaded.decode(z).sample, wrapped.decode(z).sample, atol=0, rtol=0)
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(image).latent_dist.mode(), wrapped.encode(image).latent_dist.mode())
+
+
+def test_flux2_clear_errors():
+    pipe, student = flux2()
+    wrapped = PipelineVAE.from_teacher(pipe.vae, student, with_encoder=False)
+    with pytest.raises(ValueError, match=r"latents must be \(B, 32, H, W\).*\(1, 32, 1, 4, 4\)"):
+        wrapped.decode(torch.randn(1, 32, 1, 4, 4))  # a video latent: FLUX.2 decodes images
+    with pytest.raises(ValueError, match=r"latents must be \(B, 32, H, W\).*\(1, 16, 4, 4\)"):
+        wrapped.decode(torch.randn(1, 16, 4, 4))
+    with pytest.raises(ValueError, match="multiples of 2 and 2"):
+        wrapped.decode(torch.randn(1, 32, 3, 4))
+    with pytest.raises(ValueError, match="takes no timestep"):
+        wrapped.decode(torch.randn(1, 32, 4, 4), torch.zeros(1))
+    with pytest.raises(ValueError, match="a student of another teacher"):
+        PipelineVAE.from_teacher(pipe.vae, tiny_student(16))
+    with pytest.raises(ValueError, match="a student of another teacher"):  # and a TAEF2 student for a video VAE
+        PipelineVAE.from_teacher(wan()[0].vae, student)
