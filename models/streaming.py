@@ -12,9 +12,12 @@ in order along T:
   * ``Residual(main, skip)``: ``main(x) + skip(x)``, the skip frames waiting in a queue for the delayed main path;
   * ``Trim(n)``: drops the first ``n`` frames of the stream (causal temporal upsamplers);
   * ``Chain(stages)``: runs the stages in order, cutting what a stage yields into pieces of at most
-    ``MAX_FRAMES`` frames, each taken through the stages after it (and yielded) before the next is made.
-Memory is that of one piece per stage plus ``k - 1`` frames per temporal conv (copies, never views that would
-keep a whole piece alive): bounded in the clip length, whatever the receptive field (20 latent frames for the
+    ``MAX_FRAMES`` frames and ``PIECE_BYTES`` bytes, each taken through the stages after it (and yielded) before
+    the next is made.
+A stage holds no reference to a piece it has handed on (hence the ``out.pop()`` before each ``yield``: a
+suspended generator would otherwise keep its input and output alive while the stages after it run). Memory is
+that of the pieces in flight plus ``k - 1`` frames per temporal conv (copies, never views that would keep a
+whole piece alive): bounded in the clip length, whatever the receptive field (20 latent frames for the
 LTX student: a halo of recomputed frames would be the whole clip). Pieces matter at the clip's end, where
 every conv hands over the frames it held back: a non-causal student whose receptive field spans the clip
 answers only then, with every frame of the video, which come out piece by piece instead of all at once. A
@@ -28,12 +31,19 @@ import torch
 
 Tensor = torch.Tensor
 MAX_FRAMES = 16  # frames of one piece between the stages of a Chain
+PIECE_BYTES = 4 * 2**20  # and bytes (at least one frame): bounds the pieces in flight at high resolution
 
 
 def _own(x: Tensor) -> Tensor:
     """``x``, or a copy of it when it is a view into a larger tensor: what a stage keeps between pushes must not
     keep alive the whole piece (or padded conv input) it was sliced from."""
     return x if x.untyped_storage().nbytes() <= x.nbytes else x.clone()
+
+
+def piece_frames(y: Tensor) -> int:
+    """Frames per piece of ``y`` (B, C, T, H, W): at most ``MAX_FRAMES`` and ``PIECE_BYTES``, at least one."""
+    per_frame = y[:, :, :1].numel() * y.element_size()
+    return max(1, min(MAX_FRAMES, PIECE_BYTES // max(1, per_frame)))
 
 
 class Stream:
@@ -58,7 +68,9 @@ class Frames(Stream):
 
     def pieces(self, x, last):
         if x is not None:
-            yield self.fn(x)
+            out = [self.fn(x)]
+            del x
+            yield out.pop()
 
 
 class TemporalConv(Stream):
@@ -89,9 +101,9 @@ class TemporalConv(Stream):
             if self.buffer is not None:
                 self.buffer = _own(self.buffer)
             return
-        out = self.fn(self.buffer)
+        out = [self.fn(self.buffer)]
         self.buffer = _own(self.buffer[:, :, self.buffer.shape[2] - k1:]) if k1 and not last else None
-        yield out
+        yield out.pop()
 
 
 class Residual(Stream):
@@ -124,7 +136,9 @@ class Residual(Stream):
         del x
         for y in main_out:
             skip = self._take(y.shape[2])
-            yield y.add_(skip) if not y.requires_grad else y + skip
+            out = [y.add_(skip) if not y.requires_grad else y + skip]
+            del y, skip
+            yield out.pop()
         self.queue = [_own(q) for q in self.queue]
 
 
@@ -138,7 +152,9 @@ class Trim(Stream):
         drop = min(self.left, x.shape[2])
         self.left -= drop
         if drop < x.shape[2]:
-            yield x[:, :, drop:] if drop else x
+            out = [x[:, :, drop:] if drop else x]
+            del x
+            yield out.pop()
 
 
 class Chain(Stream):
@@ -152,16 +168,18 @@ class Chain(Stream):
         return self._run(0, x, last)
 
     def _run(self, i: int, x: Tensor | None, last: bool) -> Iterator[Tensor]:
-        """Stage ``i`` and the ones after it: each piece a stage yields goes on in pieces of at most ``MAX_FRAMES``
+        """Stage ``i`` and the ones after it: each piece a stage yields goes on in pieces of ``piece_frames``
         frames, and is through the last stage before the stage makes its next; the clip's end follows them."""
         if i == len(self.stages):
             if x is not None:
-                yield x
+                out = [x]
+                del x
+                yield out.pop()
             return
         stage_out = self.stages[i].pieces(x, last)
         del x  # references held here while later stages run would keep whole pieces alive
         for y in stage_out:
-            pieces = list(y.split(MAX_FRAMES, dim=2))
+            pieces = list(y.split(piece_frames(y), dim=2))
             del y
             while pieces:
                 yield from self._run(i + 1, pieces.pop(0), False)
