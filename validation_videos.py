@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             del xu
         gt, te, st = _to_uint8(x[0]), _to_uint8(rec_t[0]), _to_uint8(rec_s[0])
         del x, z, rec_t, rec_s
-        fps = clip.fps if clip.fps and clip.fps > 0 else 24.0
+        fps = clip.video.fps if clip.video.fps > 0 else 24.0
         video_path = out_dir / f"{name}.mp4"
         sheet_path = out_dir / f"{name}.png"
         write_video(video_path, [gt, te, st], fps)
@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                               title=f"{clip.path} frames {clip.start}-{clip.start + num_frames - 1} at "
                                     f"{crop[1]}x{crop[0]} ({cfg['name']})")
         rows.append({"name": name, "path": clip.path, "start": clip.start, "num_frames": num_frames,
-                     "height": crop[0], "width": crop[1], "source_size": [clip.height, clip.width],
+                     "height": crop[0], "width": crop[1], "source_size": [clip.video.height, clip.video.width],
                      "fps": fps, "video": str(video_path), "contact_sheet": str(sheet_path), "sheet_frames": shown,
                      **m, "seconds": round(time.time() - t0, 2)})
         del gt, te, st

@@ -294,11 +294,18 @@ def _decord_only_reader(path: str):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    frames: int
-    height: int
+    """What probing one video tells (``probe_video``): the one record of a video's metadata.
+
+    ``VideoEntry`` is this plus where the file sits in a ``VideoIndex``; ``validation_metrics.Clip`` is a window
+    chosen from a video and holds its ``VideoInfo`` as ``video``. No other record repeats these fields.
+    """
+    frames: int  # frames that decode
+    height: int  # decoded frame size
     width: int
-    fps: float
-    reader: str = "pyav"  # backend to read it with: "decord" when decord opens it and seeks right
+    fps: float  # 0.0 when the container states none
+    # how to read it: "decord" when decord opens it and its random access matches sequential decoding, "pyav"
+    # (sequential decoding), or "jpeg" for a folder of numbered JPEG frames (DAVIS)
+    reader: str = "pyav"
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -343,16 +350,13 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 # index
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class VideoEntry:
+@dataclass(frozen=True, kw_only=True)
+class VideoEntry(VideoInfo):
+    """A usable video of a ``VideoIndex``: its probed ``VideoInfo`` (inherited fields) plus the file's place in the
+    folder and the size and mtime that probe is valid for (the index cache's key)."""
     path: str  # relative to the data dir, '/'-separated
-    frames: int
-    height: int
-    width: int
-    fps: float
-    size: int
+    size: int  # st_size
     mtime: int  # st_mtime_ns
-    reader: str = "decord"  # "decord" or "pyav" (decord cannot open it or seeks it wrongly)
 
 
 def _warn_skip(rel: str, reason: str, where: str) -> None:
@@ -442,9 +446,7 @@ class VideoIndex:
             logger.warning("could not write video index cache %s (%s)", self.cache_path, _describe(exc))
 
     def _probe(self, full: Path) -> dict:
-        info = probe_video(full)
-        return {"frames": info.frames, "height": info.height, "width": info.width, "fps": info.fps,
-                "reader": info.reader}
+        return asdict(probe_video(full))
 
     def _scan(self) -> None:
         cache = self._load_cache()
@@ -476,8 +478,8 @@ class VideoIndex:
             if "error" in rec:
                 self._skip(rel, rec["error"])
                 continue
-            entry = VideoEntry(rel, int(rec["frames"]), int(rec["height"]), int(rec["width"]),
-                               float(rec["fps"]), key["size"], key["mtime"], str(rec["reader"]))
+            entry = VideoEntry(frames=int(rec["frames"]), height=int(rec["height"]), width=int(rec["width"]),
+                               fps=float(rec["fps"]), reader=str(rec["reader"]), path=rel, **key)
             reason = self._reject(entry)
             if reason:
                 self._skip(rel, reason)

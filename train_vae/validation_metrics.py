@@ -55,6 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from train_vae.data import VideoInfo
 from train_vae.i3d import I3D_MIN_FRAMES
 
 __all__ = [
@@ -102,16 +103,18 @@ def check_request(config: str, student: str, data: str | os.PathLike, num_frames
 
 @dataclass(frozen=True)
 class Clip:
-    clip_id: int
-    path: str  # relative to the data folder ('/'-separated), or the file name for a single file
-    full_path: str
+    """A window chosen for evaluation: ``num_frames`` consecutive frames from ``start`` of one video.
+
+    The video's metadata (frame count, size, fps, reader) is its ``VideoInfo`` (``video``, from
+    ``train_vae.data``, the one record of it); this record adds only what names the source and picks the window.
+    """
+    clip_id: int  # position in the clip list
+    path: str  # name in reports: relative to the data folder ('/'-separated), the file name for a single file,
+    # the list entry of a UCF-101 list, the sequence name of a DAVIS folder
+    full_path: str  # what to read: the video file, or the folder of a DAVIS sequence's JPEG frames
+    video: VideoInfo
     start: int  # first frame of the window
     num_frames: int
-    video_frames: int
-    height: int
-    width: int
-    fps: float
-    reader: str
 
     @property
     def frame_indices(self) -> list[int]:
@@ -145,22 +148,22 @@ def list_clips(data: str | os.PathLike, num_frames: int, clips_per_video: int = 
         info = probe_video(p)
         if info.frames < num_frames:
             raise ValueError(f"{str(p)!r} has {info.frames} frames, fewer than --num_frames {num_frames}")
-        entries = [(p.name, str(p.resolve()), info.frames, info.height, info.width, info.fps, info.reader)]
+        entries = [(p.name, str(p.resolve()), info)]
     elif p.is_dir():
         index = VideoIndex(p, num_frames=num_frames, min_short_side=min_short_side)
-        entries = [(e.path, str(index.data_dir / e.path), e.frames, e.height, e.width, e.fps, e.reader)
-                   for e in index.entries]
+        entries = [(e.path, str(index.data_dir / e.path), e) for e in index.entries]
     else:
         raise FileNotFoundError(f"data path {str(p)!r} is neither a video file nor a folder")
     return _windows(entries, num_frames, clips_per_video, max_clips)
 
 
-def _windows(entries: list[tuple], num_frames: int, clips_per_video: int, max_clips: int | None) -> list[Clip]:
-    """Clips of (rel, full path, frames, height, width, fps, reader) entries, in order, ``clips_per_video`` each."""
+def _windows(entries: list[tuple[str, str, VideoInfo]], num_frames: int, clips_per_video: int,
+             max_clips: int | None) -> list[Clip]:
+    """Clips of (name, full path, ``VideoInfo``) entries, in order, ``clips_per_video`` each."""
     clips: list[Clip] = []
-    for rel, full, frames, h, w, fps, reader in entries:
-        for s in window_starts(frames, num_frames, clips_per_video):
-            clips.append(Clip(len(clips), rel, full, s, num_frames, frames, h, w, fps, reader))
+    for rel, full, info in entries:
+        for s in window_starts(info.frames, num_frames, clips_per_video):
+            clips.append(Clip(len(clips), rel, full, info, s, num_frames))
             if max_clips is not None and len(clips) >= max_clips:
                 return clips
     return clips
@@ -182,7 +185,7 @@ def data_layout(data: str | os.PathLike) -> str:
 
 
 def ucf101_entries(list_file: str | os.PathLike, video_root: str | os.PathLike | None = None,
-                   num_frames: int = 1) -> list[tuple]:
+                   num_frames: int = 1) -> list[tuple[str, str, VideoInfo]]:
     """The videos of a UCF-101 split list (``Class/v_Class_g01_c01.avi`` per line; a trailing class label, as in
     the train lists, is ignored), in list order, found under ``video_root`` (default: the list's folder, or its
     sibling ``UCF-101/``, the archive's layout). ValueError naming the first missing file or a too short video."""
@@ -205,11 +208,11 @@ def ucf101_entries(list_file: str | os.PathLike, video_root: str | os.PathLike |
         info = probe_video(path)
         if info.frames < num_frames:
             raise ValueError(f"{path} has {info.frames} frames, fewer than {num_frames}")
-        entries.append((rel, str(path.resolve()), info.frames, info.height, info.width, info.fps, info.reader))
+        entries.append((rel, str(path.resolve()), info))
     return entries
 
 
-def davis_entries(root: str | os.PathLike, num_frames: int = 1) -> list[tuple]:
+def davis_entries(root: str | os.PathLike, num_frames: int = 1) -> list[tuple[str, str, VideoInfo]]:
     """DAVIS-2017 sequences (JPEGImages/480p/<sequence>/NNNNN.jpg), sorted by name, each one clip source;
     sequences shorter than ``num_frames`` are left out (with a warning)."""
     from PIL import Image
@@ -224,7 +227,7 @@ def davis_entries(root: str | os.PathLike, num_frames: int = 1) -> list[tuple]:
             continue
         with Image.open(jpgs[0]) as im:
             w, h = im.size
-        entries.append((seq.name, str(seq.resolve()), len(jpgs), h, w, 0.0, "jpeg"))
+        entries.append((seq.name, str(seq.resolve()), VideoInfo(len(jpgs), h, w, 0.0, "jpeg")))
     if not entries:
         raise ValueError(f"DAVIS folder {frames_dir}: no sequence of >= {num_frames} JPEG frames")
     return entries
@@ -245,7 +248,7 @@ def read_clip_frames(clip: Clip) -> torch.Tensor:
     """uint8 (T, H, W, 3) frames of a clip at the video's own size."""
     from train_vae.data import read_video_frames
 
-    if clip.reader == "jpeg":  # a folder of numbered JPEG frames (DAVIS)
+    if clip.video.reader == "jpeg":  # a folder of numbered JPEG frames (DAVIS)
         from PIL import Image
         files = sorted(Path(clip.full_path).glob("*.jpg"))[clip.start:clip.start + clip.num_frames]
         frames = []
@@ -253,7 +256,7 @@ def read_clip_frames(clip: Clip) -> torch.Tensor:
             with Image.open(f) as im:
                 frames.append(torch.from_numpy(np.asarray(im.convert("RGB"))))
         return torch.stack(frames)
-    backend = "pyav" if clip.reader == "pyav" else "auto"
+    backend = "pyav" if clip.video.reader == "pyav" else "auto"
     frames = read_video_frames(clip.full_path, clip.frame_indices, backend=backend, check_seek=False)
     if frames.shape[0] != clip.num_frames:
         raise RuntimeError(f"read {frames.shape[0]} frames of {clip.path}, expected {clip.num_frames}")
