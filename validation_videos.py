@@ -42,6 +42,7 @@ import torch
 
 from models.tiling import default_tiles, tiled_decode
 from models.cli import ArgumentParser, UserError, check_writable_dir, run, user_errors
+from models.files import atomic_file
 from train_vae.validation_metrics import (check_geometry, check_request, list_clips, read_clip_frames,
                                           resize_crop_video)
 
@@ -182,7 +183,7 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
 
 
 def write_video(path: str | Path, panels: Sequence[np.ndarray], fps: float) -> None:
-    """Write panels (each uint8 (T, H, W, 3), same T and H) side by side as an H.264 yuv420p mp4."""
+    """Write panels (each uint8 (T, H, W, 3), same T and H) side by side as an H.264 yuv420p mp4, atomically."""
     import av
 
     t, h = panels[0].shape[:2]
@@ -190,9 +191,7 @@ def write_video(path: str | Path, panels: Sequence[np.ndarray], fps: float) -> N
     if h % 2 or w % 2:
         raise ValueError(f"yuv420p needs even sizes, got {w}x{h}")
     rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(24)
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
@@ -202,7 +201,6 @@ def write_video(path: str | Path, panels: Sequence[np.ndarray], fps: float) -> N
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    tmp.replace(path)
 
 
 def contact_sheet(path: str | Path, rows: Sequence[tuple[str, np.ndarray]], num_frames: int = 4,

@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from models.assets import cache_dir as user_cache_dir
+from models.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -438,10 +438,8 @@ class VideoIndex:
         payload = {"version": INDEX_VERSION, "data_dir": str(self.data_dir), "files": files}
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".tmp_", suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f, indent=0, sort_keys=True)
-            os.replace(tmp, self.cache_path)  # atomic: concurrent ranks never see half a file
+            # atomic, through a temp file named after this process: concurrent ranks never see half a file
+            atomic_write(self.cache_path, json.dumps(payload, indent=0, sort_keys=True))
         except OSError as exc:
             logger.warning("could not write video index cache %s (%s)", self.cache_path, _describe(exc))
 

@@ -595,20 +595,19 @@ class Trainer:
         return psnr(to_unit(rec), to_unit(self.val_video)).mean().item()
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step_N atomically (temp folder, then rename), then point ``latest`` at it."""
+        """Write checkpoints/step_N atomically (``atomic_dir``: temp folder, then rename), then point ``latest`` at it.
+        Every process writes its part (its RNG state) into the folder; the main process makes and renames it."""
         acc = self.acc
         name = f"step_{self.progress.step:06d}"
-        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=False)
+        final = self.ckpt_dir / name
+        with atomic_dir(final, writer=acc.is_main_process) as tmp:
+            acc.wait_for_everyone()  # the main process has made the folder before anyone writes to it
+            acc.save_state(str(tmp), safe_serialization=False)
+            if acc.is_main_process:
+                self.ema_student().save_pretrained(tmp / "student")
+                atomic_write(tmp / "settings.json", json.dumps(self.s.to_dict(), indent=1))
+            acc.wait_for_everyone()  # every process has written its part before the folder is renamed
         if acc.is_main_process:
-            self.ema_student().save_pretrained(tmp / "student")
-            atomic_write(tmp / "settings.json", json.dumps(self.s.to_dict(), indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
             atomic_write(self.ckpt_dir / "latest", name)
             done = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
             for old in done[: max(0, len(done) - self.s.keep_checkpoints)]:
