@@ -467,7 +467,8 @@ def generate_latents(
     n_pending = plan.num_pending
     n_skipped = len(plan.samples) - n_pending
     log(f"latent cache {job.out}: " + _decision_line(old, rebuild, len(plan.samples), n_pending, plan.changed))
-    write_manifest(job, plan, complete=n_pending == 0, stats={"written": 0, "skipped": n_skipped} if n_pending else None)
+    write_manifest(job, plan, complete=n_pending == 0,
+                   stats={"written": 0, "skipped": n_skipped} if n_pending else None)
 
     t_gen = time.perf_counter()
     written = encode_pending(job, plan, batch_size, num_workers, progress)
