@@ -75,6 +75,24 @@ def test_effective_batch_sets_accumulation(capsys, tmp_path):
     assert "pass one of them" in _err(capsys, ["--grad_accum", "2", "--effective_batch", "8"])
 
 
+def test_flags_that_need_another_say_so_and_warn_when_given_alone(capsys, tmp_path):
+    """Every setting in NEEDS says in its help what it needs, and a run given one without it says once that it does
+    nothing (the run goes on); given with what it needs, nothing is said."""
+    for name, (need, _, _) in settings_mod.NEEDS.items():
+        field = next(f for f in settings_mod.settings_fields() if f.name == name)
+        assert f"only with {need}" in field.metadata["help"], name
+    capsys.readouterr()
+    train_mod.parse_args(["--output_dir", str(tmp_path), "--disc_weight", "0.1", "--distill_weight", "0",
+                          "--distill_head", "linear", "--phase_ramp", "0.1"])
+    err = capsys.readouterr().err
+    for name, need in (("disc_weight", "disc_start"), ("distill_head", "distill_weight"),
+                       ("phase_ramp", "train.phases")):
+        assert f"warning: {name} " in err and f"does nothing in this run: it needs {need}" in err, err
+    train_mod.parse_args(["--output_dir", str(tmp_path), "--disc_weight", "0.1", "--disc_start", "5",
+                          "--distill_head", "linear"])
+    assert "does nothing" not in capsys.readouterr().err
+
+
 def test_stage2_starts_from_the_stage1_student_with_a_fresh_discriminator(clips, tmp_path):
     """--init_from: the stage-1 EMA student is the stage-2 student and its EMA (decodes exactly alike at the
     first step), the optimizer and the discriminator start fresh, and the discriminator trains from there."""

@@ -171,10 +171,9 @@ def parse_args(argv=None) -> TrainSettings:
             raise ValueError(f"config {cfg['name']} sets its loss weights per phase (train.phases); "
                              f"{', '.join('--' + k for k in clash)} do nothing there: edit the phases instead")
     else:
-        for k, (need, on) in NEEDS.items():  # said once, at the start; the run goes on without them
+        for k, (need, on, how) in NEEDS.items():  # said once, at the start; the run goes on without them
             if k in named and not on(s):
-                print(f"warning: {k} {getattr(s, k)} does nothing in this run: it needs {need} "
-                      f"({'e.g. --disc_start 0' if need == 'disc_start' else '--lpips_weight > 0'})",
+                print(f"warning: {k} {getattr(s, k)} does nothing in this run: it needs {need} ({how})",
                       file=sys.stderr, flush=True)
     if is_derived(cfg):  # a bad layout or derivation setting fails here, before any data or teacher work
         from models.config import default_teacher_config
