@@ -118,10 +118,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def _open_decord(path: str):
+NO_READER = "neither PyAV nor decord is installed"
+
+
+def _open_decord(path: str, missing: str = "decord is not installed"):
+    """A decord reader (CPU, one thread); ImportError ``missing`` without decord (``NO_READER`` where PyAV is
+    missing too: then decord is the only way to read videos)."""
     decord = _import_decord()
     if decord is None:
-        raise ImportError("decord is not installed")
+        raise ImportError(missing)
     return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
 
 
@@ -273,7 +278,7 @@ def count_frames(path: str | os.PathLike) -> int:
     path = os.fspath(path)
     av = _import_av()
     if av is None:
-        return len(_decord_only_reader(path))
+        return len(_open_decord(path, NO_READER))
     with av.open(path) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
@@ -282,14 +287,6 @@ def count_frames(path: str | os.PathLike) -> int:
             return int(stream.frames)
         stream.thread_type = "AUTO"
         return _decode_count(container, stream)
-
-
-def _decord_only_reader(path: str):
-    """A decord reader for machines without PyAV (then decord is the only way to read videos)."""
-    decord = _import_decord()
-    if decord is None:
-        raise ImportError("neither PyAV nor decord is installed")
-    return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
 
 
 @dataclass(frozen=True)
@@ -318,7 +315,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     path = os.fspath(path)
     av = _import_av()
     if av is None:
-        vr = _decord_only_reader(path)
+        vr = _open_decord(path, NO_READER)
         h, w = vr[0].shape[:2]
         return VideoInfo(len(vr), int(h), int(w), float(vr.get_avg_fps()), "decord")
     with av.open(path) as container:
