@@ -43,8 +43,8 @@ import torch
 from models.tiling import default_tiles, tiled_decode
 from models.cli import ArgumentParser, UserError, check_writable_dir, run, user_errors
 from models.files import atomic_file
-from train_vae.validation_metrics import (check_geometry, check_request, list_clips, read_clip_frames,
-                                          resize_crop_video)
+from train_vae.validation_metrics import (add_request_arguments, check_geometry, check_request, list_clips,
+                                          read_clip_frames, resize_crop_video)
 
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -263,10 +263,7 @@ def summary_markdown(rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Ground truth | teacher | student videos, contact sheets and per-clip PSNR")
-    p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
-    p.add_argument("--student", required=True,
-                   help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
-    p.add_argument("--data_dir", required=True, help="folder of videos (searched recursively) or one video file")
+    add_request_arguments(p)
     p.add_argument("--output_dir", required=True)
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
     size = p.add_mutually_exclusive_group()
@@ -304,9 +301,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     resolution = args.resolution
     if resolution is None and not args.keep_size:  # the size the config trains at
         from models.config import load_config
-        from train_vae.settings import from_config
+        from train_vae.settings import clip_size
         with user_errors():
-            resolution = from_config(load_config(args.config))[0].resolution
+            resolution = clip_size(load_config(args.config))[1]
     cfg, trained, num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames, resolution)
     if args.compare_dtype and trained is None:
         raise UserError(f"--compare_dtype {args.compare_dtype} compares a student's decodes with its float32 ones; "

@@ -68,6 +68,15 @@ def test_recipes_of_the_real_teachers():
         settings_mod.from_config(load_config(name))
 
 
+def test_every_entry_point_takes_the_clips_the_config_trains_on():
+    """``clip_size``: the train: section's frames and size, else the config's frames and the default size; the
+    default of generate_latents, validation_metrics, validation_videos, the tables and derivation."""
+    assert settings_mod.clip_size(load_config("taef2")) == (17, 128)
+    assert settings_mod.clip_size(load_config("ltx")) == (17, 256)
+    assert settings_mod.clip_size(load_config("dcae")) == (16, settings_mod.TrainSettings.resolution)
+    assert settings_mod.from_config(load_config("dcae"))[0].num_frames == 16
+
+
 def test_effective_batch_sets_accumulation(capsys, tmp_path):
     s = train_mod.parse_args(["--config", "ltx", "--output_dir", str(tmp_path), "--batch_size", "2"])
     assert s.effective_batch == 32 and s.mixed_precision == ("bf16" if torch.cuda.is_available() else "no")

@@ -49,6 +49,7 @@ from models.config import check_clip_fits, has_teacher, load_config, load_teache
 from models.files import atomic_write, pid_alive
 from models.teachers import weights_sha256
 from train_vae.data import VideoDataset, collate_videos
+from train_vae.settings import clip_size
 from train_vae.latent_dataset import (FORMAT_VERSION, MANIFEST_NAME, SAMPLE_PATTERN, quantize_video, read_manifest,
                                       read_sample_header, sample_name)
 
@@ -237,7 +238,7 @@ def _prepare(cfg: dict | str | os.PathLike, data_dir, output_dir, num_frames: in
     if teacher is None and not has_teacher(cfg):
         raise ValueError(f"config {cfg['name']!r} has no public teacher ({cfg['teacher'].get('note', 'class: none')}): "
                          f"there is no encoder to generate latents with")
-    num_frames = int(cfg["num_frames"] if num_frames is None else num_frames)
+    num_frames = int(clip_size(cfg)[0] if num_frames is None else num_frames)
     hw = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
     if clips_per_video < 1 or batch_size < 1:
         raise ValueError("clips_per_video and batch_size must be >= 1")
@@ -496,9 +497,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", required=True, help="config name (configs/<name>.yaml) or path")
     p.add_argument("--data_dir", required=True, help="folder of training videos")
     p.add_argument("--output_dir", required=True, help="folder for the latent files and manifest.json")
-    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
+    p.add_argument("--num_frames", type=int, default=None,
+                   help="frames per clip (default: the config's, settings.clip_size)")
     p.add_argument("--resolution", type=int, default=None,
-                   help="square clip size in pixels (default: the config's train.resolution, see train_vae/settings.py)")
+                   help="square clip size in pixels (default: the config's, settings.clip_size)")
     p.add_argument("--clips_per_video", type=int, default=4, help="random windows per video")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--files_from", default=None,
@@ -524,10 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors():
         cfg = load_config(args.config)
-        num_frames = args.num_frames or int(cfg["num_frames"])
-        if args.resolution is None:  # the size the config trains at, so train.py finds this cache current
-            from train_vae.settings import from_config
-            args.resolution = from_config(cfg)[0].resolution
+        frames, size = clip_size(cfg)  # the clips the config trains on, so train.py finds this cache current
+        num_frames = args.num_frames or frames
+        if args.resolution is None:
+            args.resolution = size
         check_clip_fits(cfg, num_frames, args.resolution, args.resolution)
         check_dir(args.data_dir, "--data_dir")
         check_writable_dir(args.output_dir, "--output_dir")

@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainSettings", "apply_overrides", "coerce", "field_type", "from_config", "parse_override", "settings_fields"]
+__all__ = ["TrainSettings", "apply_overrides", "clip_size", "coerce", "field_type", "from_config", "idle_settings",
+           "parse_override", "settings_fields"]
 
 
 def _f(default, help: str, cli: bool = True):
@@ -120,6 +121,30 @@ NEEDS = {
     "distill_head": _DISTILL_ON,
     "phase_ramp": ("train.phases", lambda s: bool(s.phases), "a config with train.phases, e.g. flash_taef2"),
 }
+
+
+def idle_settings(s: TrainSettings, named: set[str], derived: bool) -> list[str]:
+    """The rules for settings given (``named``: config section or flags) that do nothing in this run, in one place.
+    Settings that cannot mean anything in this config raise ValueError: fixed loss weights
+    (``FIXED_WEIGHT_SETTINGS``) where ``train.phases`` sets the weights, derivation settings
+    (``DERIVATION_SETTINGS``) for a Turbo-VAED student (``derived`` False). Settings that need another one
+    (``NEEDS``) come back as warning lines; the run goes on without them."""
+    def refuse(keys: tuple[str, ...], message: str) -> None:
+        given = ", ".join("--" + k for k in keys if k in named)
+        if given:
+            raise ValueError(message.format(flags=given))
+
+    name = s.cfg.get("name")
+    if s.phases:
+        refuse(FIXED_WEIGHT_SETTINGS, f"config {name} sets its loss weights per phase (train.phases); "
+                                      "{flags} do nothing there: edit the phases instead")
+    if not derived:
+        refuse(DERIVATION_SETTINGS, "{flags} set how a teacher-derived student is initialised; "
+                                    f"config {name} has a Turbo-VAED student (use a flash_* config)")
+    if s.phases:  # NEEDS speaks of the fixed weights' settings
+        return []
+    return [f"warning: {k} {getattr(s, k)} does nothing in this run: it needs {need} ({how})"
+            for k, (need, on, how) in NEEDS.items() if k in named and not on(s)]
 
 _TYPES = typing.get_type_hints(TrainSettings)
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -230,7 +255,8 @@ def apply_overrides(cfg: dict, items: list[str]) -> dict:
 
 def from_config(cfg: dict, given: dict | None = None, stage2: bool = False) -> tuple[TrainSettings, set[str]]:
     """The settings of config ``cfg`` (its ``train:`` section over the defaults, then its ``train.stage2`` overlay
-    when ``stage2``, then ``given``), and the names set explicitly (section, overlay or ``given``)."""
+    when ``stage2``, then ``given``; ``num_frames`` unset: the config's ``num_frames``), and the names set explicitly
+    (section, overlay or ``given``)."""
     section = dict(cfg.get("train") or {})
     overlay = dict(section.get("stage2") or {}) if stage2 else {}
     given = dict(given or {})
@@ -240,4 +266,13 @@ def from_config(cfg: dict, given: dict | None = None, stage2: bool = False) -> t
         for k, v in source.items():
             values[k] = coerce(k, v, f"{where}: {k}")
     s = TrainSettings(**values, cfg=cfg)
+    s.num_frames = s.num_frames or cfg.get("num_frames")
     return s, set(values)
+
+
+def clip_size(cfg: dict) -> tuple[int, int]:
+    """(frames, square size in pixels) of the clips config ``cfg`` trains on (``from_config``: its ``train:``
+    section, else the config's ``num_frames`` and the default resolution). The default of every entry point that
+    takes clips (latent caches, validation, tables, derivation), so they see the clips training does."""
+    s, _ = from_config(cfg)
+    return int(s.num_frames), int(s.resolution)

@@ -59,7 +59,7 @@ from train_vae.data import VideoInfo
 from train_vae.i3d import I3D_MIN_FRAMES
 
 __all__ = [
-    "Clip", "check_request", "list_clips", "window_starts", "load_clip",
+    "Clip", "add_request_arguments", "check_request", "list_clips", "window_starts", "load_clip",
     "read_clip_frames", "resize_crop_video", "check_geometry", "summarize",
     "markdown_table", "main",
 ]
@@ -81,12 +81,13 @@ def check_request(config: str, student: str, data: str | os.PathLike, num_frames
     None for ``--student teacher``, frames per clip). UserError with one message otherwise."""
     from models.cli import UserError, user_errors
     from models.config import check_clip_fits, has_teacher, load_config, load_student as load_trained
+    from train_vae.settings import clip_size
 
     with user_errors():
         cfg = load_config(config)
         if not has_teacher(cfg):
             raise UserError(f"--config {config}: has no public teacher to compare with; pick another config")
-        frames = num_frames or int(cfg["num_frames"])
+        frames = num_frames or clip_size(cfg)[0]
         _, ch, cw = cfg["compression"]
         size = resolution or max(ch, cw)  # None: the frame's own size, cropped to multiples (validation_videos)
         check_clip_fits(cfg, frames, size, size)
@@ -423,14 +424,19 @@ def _all_gather(obj, d: _Dist) -> list:
 # main
 # ---------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from models.cli import ArgumentParser
-    p = ArgumentParser(description="PSNR/SSIM/LPIPS/rFVD of a Turbo-VAED student vs its teacher "
-                                   "(run with torchrun for several processes)")
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of what ``check_request`` checks, shared with validation_videos.py: --config, --student, --data_dir."""
     p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
     p.add_argument("--student", required=True,
                    help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
     p.add_argument("--data_dir", required=True, help="folder of videos (searched recursively) or one video file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.cli import ArgumentParser
+    p = ArgumentParser(description="PSNR/SSIM/LPIPS/rFVD of a Turbo-VAED student vs its teacher "
+                                   "(run with torchrun for several processes)")
+    add_request_arguments(p)
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's num_frames)")
     p.add_argument("--resolution", type=int, default=None,
                    help="square clip size (default: the config's train.resolution, see train_vae/settings.py)")
@@ -511,11 +517,11 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 def _run(args: argparse.Namespace) -> dict | None:
     from models.cli import UserError, check_output_file, user_errors
 
-    if args.resolution is None:  # the size the config trains at (its train: section, else the settings default)
+    if args.resolution is None:  # the size the config trains at
         from models.config import load_config
-        from train_vae.settings import from_config
+        from train_vae.settings import clip_size
         with user_errors():
-            args.resolution = from_config(load_config(args.config))[0].resolution
+            args.resolution = clip_size(load_config(args.config))[1]
     cfg, trained, args.num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames,
                                                   args.resolution)
     check_output_file(args.output, "--output")
