@@ -130,6 +130,13 @@ def _open_decord(path: str, missing: str = "decord is not installed"):
     return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
 
 
+def _video_stream(container):
+    """The first video stream of a PyAV container; ValueError "no video stream" when it has none."""
+    if not container.streams.video:
+        raise ValueError("no video stream")
+    return container.streams.video[0]
+
+
 def _decord_get(vr, indices: list[int]) -> np.ndarray:
     n = len(vr)
     bad = [i for i in indices if i < 0 or i >= n]
@@ -156,9 +163,7 @@ def _read_pyav(path: str, indices: list[int]) -> np.ndarray:
     last = max(indices)
     got: dict[int, np.ndarray] = {}
     with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         i = -1
         for i, frame in enumerate(container.decode(stream)):  # sequential, no seeking
             if i in wanted:
@@ -280,9 +285,7 @@ def count_frames(path: str | os.PathLike) -> int:
     if av is None:
         return len(_open_decord(path, NO_READER))
     with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         if stream.frames and stream.frames > 0:
             return int(stream.frames)
         stream.thread_type = "AUTO"
@@ -319,9 +322,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         h, w = vr[0].shape[:2]
         return VideoInfo(len(vr), int(h), int(w), float(vr.get_avg_fps()), "decord")
     with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         first = next(iter(container.decode(stream)), None)
         if first is None:
             raise ValueError("no decodable video frame")
