@@ -11,15 +11,39 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["CheckpointMismatchError", "atomic_file", "atomic_write", "atomic_dir", "file_problem", "folder_problem"]
+__all__ = ["CheckpointMismatchError", "read_state_dict", "load_strict", "atomic_file", "atomic_write", "atomic_dir",
+           "file_problem", "folder_problem"]
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not match the module built to hold them (missing, unexpected or mis-shaped keys,
-    or config settings the model does not take): students, LPIPS and I3D weights alike."""
+    or config settings the model does not take): students, teachers (TAEF2), LPIPS and I3D weights alike."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The tensors of a ``torch.save`` weight file (``weights_only``, on the CPU; a ``{"state_dict": ...}``
+    checkpoint is unwrapped). CheckpointMismatchError when it holds something else."""
+    import torch  # noqa: PLC0415 - this module is imported by code that needs no torch
+
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping):
+        raise CheckpointMismatchError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    return dict(sd)
+
+
+def load_strict(module, state: Mapping, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch is a CheckpointMismatchError that starts with
+    ``what`` (e.g. "FILE is not a taef2_decoder state dict") and keeps torch's list of keys."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointMismatchError(f"{what}: {e}") from e
 
 
 def pid_alive(pid: int) -> bool:
