@@ -42,8 +42,9 @@ import torch
 
 from models.tiling import default_tiles, tiled_decode
 from models.cli import ArgumentParser, UserError, check_writable_dir, run, user_errors
-from train_vae.validation_metrics import (check_geometry, check_request, list_clips, read_clip_frames,
-                                          resize_crop_video)
+from models.files import atomic_file
+from train_vae.validation_metrics import (add_request_arguments, check_geometry, check_request, list_clips,
+                                          read_clip_frames, resize_crop_video)
 
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -182,7 +183,7 @@ def _to_uint8(video: torch.Tensor) -> np.ndarray:
 
 
 def write_video(path: str | Path, panels: Sequence[np.ndarray], fps: float) -> None:
-    """Write panels (each uint8 (T, H, W, 3), same T and H) side by side as an H.264 yuv420p mp4."""
+    """Write panels (each uint8 (T, H, W, 3), same T and H) side by side as an H.264 yuv420p mp4, atomically."""
     import av
 
     t, h = panels[0].shape[:2]
@@ -190,9 +191,7 @@ def write_video(path: str | Path, panels: Sequence[np.ndarray], fps: float) -> N
     if h % 2 or w % 2:
         raise ValueError(f"yuv420p needs even sizes, got {w}x{h}")
     rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(24)
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
@@ -202,7 +201,6 @@ def write_video(path: str | Path, panels: Sequence[np.ndarray], fps: float) -> N
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    tmp.replace(path)
 
 
 def contact_sheet(path: str | Path, rows: Sequence[tuple[str, np.ndarray]], num_frames: int = 4,
@@ -265,10 +263,7 @@ def summary_markdown(rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Ground truth | teacher | student videos, contact sheets and per-clip PSNR")
-    p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
-    p.add_argument("--student", required=True,
-                   help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
-    p.add_argument("--data_dir", required=True, help="folder of videos (searched recursively) or one video file")
+    add_request_arguments(p)
     p.add_argument("--output_dir", required=True)
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
     size = p.add_mutually_exclusive_group()
@@ -306,9 +301,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     resolution = args.resolution
     if resolution is None and not args.keep_size:  # the size the config trains at
         from models.config import load_config
-        from train_vae.settings import from_config
+        from train_vae.settings import clip_size
         with user_errors():
-            resolution = from_config(load_config(args.config))[0].resolution
+            resolution = clip_size(load_config(args.config))[1]
     cfg, trained, num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames, resolution)
     if args.compare_dtype and trained is None:
         raise UserError(f"--compare_dtype {args.compare_dtype} compares a student's decodes with its float32 ones; "
@@ -359,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             del xu
         gt, te, st = _to_uint8(x[0]), _to_uint8(rec_t[0]), _to_uint8(rec_s[0])
         del x, z, rec_t, rec_s
-        fps = clip.fps if clip.fps and clip.fps > 0 else 24.0
+        fps = clip.video.fps if clip.video.fps > 0 else 24.0
         video_path = out_dir / f"{name}.mp4"
         sheet_path = out_dir / f"{name}.png"
         write_video(video_path, [gt, te, st], fps)
@@ -371,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                               title=f"{clip.path} frames {clip.start}-{clip.start + num_frames - 1} at "
                                     f"{crop[1]}x{crop[0]} ({cfg['name']})")
         rows.append({"name": name, "path": clip.path, "start": clip.start, "num_frames": num_frames,
-                     "height": crop[0], "width": crop[1], "source_size": [clip.height, clip.width],
+                     "height": crop[0], "width": crop[1], "source_size": [clip.video.height, clip.video.width],
                      "fps": fps, "video": str(video_path), "contact_sheet": str(sheet_path), "sheet_frames": shown,
                      **m, "seconds": round(time.time() - t0, 2)})
         del gt, te, st

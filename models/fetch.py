@@ -130,7 +130,10 @@ class Fetcher:
                                  f"expected {asset.sha256[:16]}... (a changed or corrupt source); nothing was written")
             dest = self.path(asset)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(result, dest)  # atomic: dest is either absent/old or complete and checked
+            # atomic: dest is either absent/old or complete and checked. Not models.files.atomic_file: the file is
+            # built under its own name (torch.save names its archive's folder after the file, so a temp name would
+            # change the bytes and the sha256), in this run's work folder, which a later run cleans if this is killed
+            os.replace(result, dest)
             return dest
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -11,15 +11,39 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["CheckpointMismatchError", "atomic_write", "atomic_dir", "file_problem", "folder_problem"]
+__all__ = ["CheckpointMismatchError", "read_state_dict", "load_strict", "atomic_file", "atomic_write", "atomic_dir",
+           "file_problem", "folder_problem"]
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not match the module built to hold them (missing, unexpected or mis-shaped keys,
-    or config settings the model does not take): students, LPIPS and I3D weights alike."""
+    or config settings the model does not take): students, teachers (TAEF2), LPIPS and I3D weights alike."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The tensors of a ``torch.save`` weight file (``weights_only``, on the CPU; a ``{"state_dict": ...}``
+    checkpoint is unwrapped). CheckpointMismatchError when it holds something else."""
+    import torch  # noqa: PLC0415 - this module is imported by code that needs no torch
+
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping):
+        raise CheckpointMismatchError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    return dict(sd)
+
+
+def load_strict(module, state: Mapping, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch is a CheckpointMismatchError that starts with
+    ``what`` (e.g. "FILE is not a taef2_decoder state dict") and keeps torch's list of keys."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointMismatchError(f"{what}: {e}") from e
 
 
 def pid_alive(pid: int) -> bool:
@@ -35,16 +59,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through ``.<name>.<pid>.tmp`` in the same folder, fsync'd, then renamed into
-    place: readers see the old file or the whole new one. The pid in the name lets a later run tell the leftovers
-    of a dead writer from those of a live one (``generate_latents.clean_stale_tmp``)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_file(out / "loss.png") as tmp: fig.savefig(tmp, format="png")``: for writers that take a path
+    (matplotlib, PyAV, ``safetensors.torch.save_file``). ``tmp`` is ``.<name>.<pid>.tmp`` in the same folder, so a
+    writer that picks its format by the extension must be told the format. When the block finishes the file is
+    fsync'd and renamed onto ``path``: readers see the old file or the whole new one. An exception leaves ``path``
+    as it was and removes ``tmp``; the pid in the name lets a later run tell the leftovers of a killed writer from
+    those of a live one (``generate_latents.clean_stale_tmp``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -53,13 +80,27 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         raise
 
 
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (bytes, or str as UTF-8) to ``path`` through ``atomic_file``."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, writer: bool = True) -> Iterator[Path]:
     """``with atomic_dir(out / "student") as tmp: model.save_pretrained(tmp)``: the folder is written as
     ``.<name>.tmp`` next to ``path`` and replaces ``path`` only when the block finishes; an exception (or a
-    kill) leaves ``path`` as it was. The old folder is removed just before the rename."""
+    kill) leaves ``path`` as it was. The old folder is removed just before the rename.
+
+    Several processes writing one folder (a distributed checkpoint): one passes ``writer=True`` and makes, renames
+    (or on an exception removes) the folder; the others pass ``writer=False`` and only get its path. The caller
+    synchronises them: no process writes before the writer has entered the block, and the writer leaves it only
+    after every process has written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    if not writer:
+        yield tmp
+        return
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

@@ -153,8 +153,9 @@ class TurboVAED(StudentDecoder):
       trim_first_frames: drop r_t - 1 frames after each temporal upsampling (1 + r_t*k frame videos).
       pixel_shuffle: "decoupled" (paper, rank <= 5) or "classic" (rank-8 3D shuffle, for ablation).
       output_norm: RMSNorm before the final SiLU + conv (as LTX's decoder). An affine-free RMSNorm keeps only
-        the direction of each pixel's feature vector; with the CPU demo's 12 output channels that costs
-        about 1 dB (configs/taef2.yaml turns it off), with 64+ channels it is harmless.
+        the direction of each pixel's feature vector, which loses accuracy when there are few output channels
+        (the CPU demo's 12; figure in RESULTS.md, "Figures moved here"), so configs/taef2.yaml turns it off;
+        with 64+ channels it is harmless.
 
     Plain PyTorch ops in the caller's memory layout; ``models.cpu_fast.cpu_fast(student)`` swaps in the CPU
     fast paths (oneDNN convolutions, fused norms, reused buffers) with the same state dict and outputs.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .files import load_strict, read_state_dict
 from .weights import resolve_weight
 
 LATENT_CHANNELS = 32
@@ -81,10 +82,7 @@ def load_taef2(encoder_path=None, decoder_path=None) -> tuple[nn.Sequential, nn.
                               ("taef2_decoder", taef2_decoder, decoder_path)):
         net = build()
         file = resolve_weight(name, path)
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        try:
-            net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as e:
-            raise RuntimeError(f"{file} is not a {name} state dict: {e}") from e
+        state = read_state_dict(file)
+        load_strict(net, {k: v.float() for k, v in state.items()}, f"{file} is not a {name} state dict")
         nets.append(net.eval().requires_grad_(False))
     return nets[0], nets[1]

@@ -32,8 +32,8 @@ def main(argv=None):
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="taef2")
     ap.add_argument("--data_dir", required=True)
-    ap.add_argument("--resolution", type=int, default=128)
-    ap.add_argument("--num_frames", type=int, default=17)
+    ap.add_argument("--resolution", type=int, default=None, help="square clip size (default: the config's)")
+    ap.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
     ap.add_argument("--steps", type=int, default=8, help="measured steps per mode (after 1 warm-up step)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--modes", default="cached,full,on_the_fly")
@@ -42,9 +42,11 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    common = ["--config", args.config, "--data_dir", args.data_dir, "--resolution", str(args.resolution),
-              "--num_frames", str(args.num_frames), "--report_to", "none", "--clips_per_video", "1",
+    common = ["--config", args.config, "--data_dir", args.data_dir, "--report_to", "none", "--clips_per_video", "1",
               "--max_steps", str(args.steps + 1)]
+    for flag in ("resolution", "num_frames"):  # unset: the config's, as train.py takes it
+        if getattr(args, flag) is not None:
+            common += [f"--{flag}", str(getattr(args, flag))]
     modes = args.modes.split(",")
     trainers = {}
     for mode in modes:
@@ -63,7 +65,8 @@ def main(argv=None):
             trainers[m].train_step(streams[m])
             if i:  # the first step of each mode is warm-up
                 times[m].append(time.perf_counter() - t0)
-    result = {"config": args.config, "resolution": args.resolution, "num_frames": args.num_frames,
+    first = next(iter(trainers.values())).s
+    result = {"config": args.config, "resolution": first.resolution, "num_frames": first.num_frames,
               "threads": torch.get_num_threads(), "steps": args.steps,
               **{f"{m}_sec_per_step": statistics.median(v) for m, v in times.items()}}
     if "cached" in times:

@@ -83,7 +83,6 @@ def _main(argv=None) -> int:
         if not is_derived(cfg):
             raise ValueError(f"config {cfg['name']} has a Turbo-VAED student; use a flash_* config")
         s, _ = from_config(cfg)
-        s.num_frames = s.num_frames or cfg["num_frames"]
         index = VideoIndex(args.data_dir, num_frames=s.num_frames, frame_stride=s.frame_stride)
         train_files, holdout_files = split_files(index, s.num_holdout, s.seed)
         if args.output:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models.cli import ArgumentParser, UserError, check_output_file, run, user_errors  # noqa: E402
 from models.files import atomic_write  # noqa: E402
 from train_vae import validation_metrics as vm  # noqa: E402
-from train_vae.settings import from_config  # noqa: E402
+from train_vae.settings import clip_size  # noqa: E402
 
 COLUMNS = ("config", "decoder", "params_m", "params_share", "psnr", "ssim", "lpips", "rfvd", "psnr_retention",
            "ssim_retention")
@@ -126,8 +126,9 @@ def main(argv=None) -> dict:
             cfg, trained, _ = vm.check_request(config, student, args.data, args.num_frames, args.resolution)
             requests.append((cfg, trained))
         first = requests[0][0]
-        num_frames = args.num_frames or int(first["num_frames"])
-        resolution = args.resolution or from_config(first)[0].resolution
+        frames, size = clip_size(first)
+        num_frames = args.num_frames or frames
+        resolution = args.resolution or size
         for cfg, _ in requests[1:]:  # every pair must take the same clips
             vm.check_request(cfg["path"], "teacher", args.data, num_frames, resolution)
         out = Path(args.output)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from models.cli import ArgumentParser, UserError, run
-from models.files import atomic_dir, atomic_write, file_problem
+from models.files import atomic_dir, atomic_file, atomic_write, file_problem
 from train_vae import train as train_mod
 from train_vae.data import make_procedural_clips
 
@@ -104,6 +104,41 @@ def test_atomic_dir_keeps_the_old_folder_when_writing_fails(tmp_path):
     assert json.loads((tmp_path / "student" / "config.json").read_text()) == {"new": 1}
     atomic_write(tmp_path / "a.json", "[1]")
     assert (tmp_path / "a.json").read_text() == "[1]" and [p.name for p in tmp_path.iterdir()] != []
+
+
+def test_atomic_file_writes_through_a_path_and_keeps_the_old_file_on_failure(tmp_path):
+    """``atomic_file`` serves writers that take a path (savefig, PyAV, save_file): the old file stays whole when
+    the writer fails, no temp file is left, and the new file appears only when the block finishes."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "latents.safetensors"
+    save_file({"z": torch.zeros(2)}, str(out))
+    with pytest.raises(OSError):
+        with atomic_file(out) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.name.endswith(".tmp")
+            tmp.write_bytes(b"half a file")
+            raise OSError("disk full")
+    assert torch.equal(load_file(str(out))["z"], torch.zeros(2)) and [p.name for p in tmp_path.iterdir()] == [out.name]
+    with atomic_file(out) as tmp:
+        save_file({"z": torch.ones(2)}, str(tmp))
+        assert torch.equal(load_file(str(out))["z"], torch.zeros(2))  # not yet replaced
+    assert torch.equal(load_file(str(out))["z"], torch.ones(2)) and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_plots_and_videos_are_written_atomically(tmp_path):
+    """The training plot and the comparison video go through ``atomic_file``: a PNG and an mp4 at the asked path,
+    nothing else left in the folder."""
+    import numpy as np
+
+    from train_vae.plots import plot_training
+    from validation_videos import write_video
+
+    plot_training([{"step": 1, "loss": 1.0, "val_psnr": 20.0}, {"step": 2, "loss": 0.5}], tmp_path / "loss.png", 25.0)
+    write_video(tmp_path / "clip.mp4", [np.zeros((3, 16, 16, 3), np.uint8)] * 2, 24.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "loss.png"]
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "clip.mp4").read_bytes()[4:8] == b"ftyp"
 
 
 def test_file_problem_names_truncated_files(tmp_path, students):

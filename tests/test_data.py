@@ -126,6 +126,10 @@ def test_data_path_without_decord(asset, tmp_path, monkeypatch):
         (folder / name).symlink_to(asset(f"clips/{name}"))
     index = VideoIndex(folder, num_frames=9, use_cache=False)  # probed now, without decord
     assert sorted(e.reader for e in index.entries) == ["pyav", "pyav"]
+    # an index entry is the file's probe plus where it is: the same VideoInfo fields probe_video gives
+    entry = index.entries[0]
+    assert isinstance(entry, data.VideoInfo) and data.probe_video(folder / entry.path) == data.VideoInfo(
+        entry.frames, entry.height, entry.width, entry.fps, entry.reader)
     ds = VideoDataset(folder, num_frames=9, resolution=64, train=False, index=index)
     item = ds[0]
     assert item["video"].shape == (3, 9, 64, 64) and item["video"].abs().max() <= 1

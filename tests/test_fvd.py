@@ -145,3 +145,16 @@ def test_torchscript_weights_are_detected_and_called(tmp_path):
     feats = ext(videos)
     assert feats.shape == (3, 400) and feats.dtype == torch.float64
     assert abs(fvd(videos, videos, extractor=ext)) < 1e-3
+
+
+def test_i3d_weights_of_another_model_are_a_checkpoint_mismatch(tmp_path):
+    """The one checkpoint-mismatch error (models/files.py) for I3D weights too, naming the file."""
+    from models.files import CheckpointMismatchError
+
+    bad = tmp_path / "i3d.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointMismatchError, match="is not an InceptionI3d state dict"):
+        load_i3d(bad)
+    torch.save([1, 2], bad)
+    with pytest.raises(CheckpointMismatchError, match="expected a state dict, got list"):
+        load_i3d(bad)

@@ -12,7 +12,7 @@ from PIL import Image
 from models.config import build_student, load_config
 from test_export import script
 from train_vae import validation_metrics as vm
-from train_vae.data import make_procedural_clips, read_video_frames
+from train_vae.data import VideoInfo, make_procedural_clips, read_video_frames
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,9 @@ def test_reconstruction_table_on_each_layout(layout, student_dir, tmp_path):
     assert [c.path for c in clips] == {"videos": ["procedural_000.mp4", "procedural_001.mp4"],
                                        "ucf101": ["Skiing/v_Skiing_g01_c01.avi", "Archery/v_Archery_g02_c03.avi"],
                                        "davis": ["seq0", "seq1"]}[layout]
+    # every layout gives the same record: the video's VideoInfo, and the window in it
+    assert all(isinstance(c.video, VideoInfo) and c.start + c.num_frames <= c.video.frames for c in clips)
+    assert (clips[0].video.reader == "jpeg") == (layout == "davis")
     frames = vm.read_clip_frames(clips[0])
     assert frames.shape == (9, 64, 64, 3) and frames.dtype == torch.uint8
     if layout == "davis":  # the JPEG frames as written (lossy, close to the video's)

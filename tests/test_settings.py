@@ -68,11 +68,38 @@ def test_recipes_of_the_real_teachers():
         settings_mod.from_config(load_config(name))
 
 
+def test_every_entry_point_takes_the_clips_the_config_trains_on():
+    """``clip_size``: the train: section's frames and size, else the config's frames and the default size; the
+    default of generate_latents, validation_metrics, validation_videos, the tables and derivation."""
+    assert settings_mod.clip_size(load_config("taef2")) == (17, 128)
+    assert settings_mod.clip_size(load_config("ltx")) == (17, 256)
+    assert settings_mod.clip_size(load_config("dcae")) == (16, settings_mod.TrainSettings.resolution)
+    assert settings_mod.from_config(load_config("dcae"))[0].num_frames == 16
+
+
 def test_effective_batch_sets_accumulation(capsys, tmp_path):
     s = train_mod.parse_args(["--config", "ltx", "--output_dir", str(tmp_path), "--batch_size", "2"])
     assert s.effective_batch == 32 and s.mixed_precision == ("bf16" if torch.cuda.is_available() else "no")
     assert train_mod.parse_args(["--config", "ltx", "--grad_accum", "3"]).effective_batch is None
     assert "pass one of them" in _err(capsys, ["--grad_accum", "2", "--effective_batch", "8"])
+
+
+def test_flags_that_need_another_say_so_and_warn_when_given_alone(capsys, tmp_path):
+    """Every setting in NEEDS says in its help what it needs, and a run given one without it says once that it does
+    nothing (the run goes on); given with what it needs, nothing is said."""
+    for name, (need, _, _) in settings_mod.NEEDS.items():
+        field = next(f for f in settings_mod.settings_fields() if f.name == name)
+        assert f"only with {need}" in field.metadata["help"], name
+    capsys.readouterr()
+    train_mod.parse_args(["--output_dir", str(tmp_path), "--disc_weight", "0.1", "--distill_weight", "0",
+                          "--distill_head", "linear", "--phase_ramp", "0.1"])
+    err = capsys.readouterr().err
+    for name, need in (("disc_weight", "disc_start"), ("distill_head", "distill_weight"),
+                       ("phase_ramp", "train.phases")):
+        assert f"warning: {name} " in err and f"does nothing in this run: it needs {need}" in err, err
+    train_mod.parse_args(["--output_dir", str(tmp_path), "--disc_weight", "0.1", "--disc_start", "5",
+                          "--distill_head", "linear"])
+    assert "does nothing" not in capsys.readouterr().err
 
 
 def test_stage2_starts_from_the_stage1_student_with_a_fresh_discriminator(clips, tmp_path):

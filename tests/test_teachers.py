@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.config import build_student, load_config, load_teacher
+from models.files import CheckpointMismatchError
 from models.teachers import TAEF2Teacher, TeacherLoadError
 from train_vae.data import read_video_frames
 
@@ -157,7 +158,7 @@ def test_taef2_features_and_student_geometry(taef2):
 def test_taef2_weights_load_strictly(tmp_path):
     bad = tmp_path / "dec.pth"
     torch.save({"1.weight": torch.zeros(64, 32, 3, 3)}, bad)
-    with pytest.raises(RuntimeError, match="not a taef2_decoder state dict"):
+    with pytest.raises(CheckpointMismatchError, match="not a taef2_decoder state dict"):
         TAEF2Teacher(decoder_path=bad)
 
 

@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from models.assets import cache_dir as user_cache_dir
+from models.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +118,23 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def _open_decord(path: str):
+NO_READER = "neither PyAV nor decord is installed"
+
+
+def _open_decord(path: str, missing: str = "decord is not installed"):
+    """A decord reader (CPU, one thread); ImportError ``missing`` without decord (``NO_READER`` where PyAV is
+    missing too: then decord is the only way to read videos)."""
     decord = _import_decord()
     if decord is None:
-        raise ImportError("decord is not installed")
+        raise ImportError(missing)
     return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+
+
+def _video_stream(container):
+    """The first video stream of a PyAV container; ValueError "no video stream" when it has none."""
+    if not container.streams.video:
+        raise ValueError("no video stream")
+    return container.streams.video[0]
 
 
 def _decord_get(vr, indices: list[int]) -> np.ndarray:
@@ -151,9 +163,7 @@ def _read_pyav(path: str, indices: list[int]) -> np.ndarray:
     last = max(indices)
     got: dict[int, np.ndarray] = {}
     with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         i = -1
         for i, frame in enumerate(container.decode(stream)):  # sequential, no seeking
             if i in wanted:
@@ -273,32 +283,29 @@ def count_frames(path: str | os.PathLike) -> int:
     path = os.fspath(path)
     av = _import_av()
     if av is None:
-        return len(_decord_only_reader(path))
+        return len(_open_decord(path, NO_READER))
     with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         if stream.frames and stream.frames > 0:
             return int(stream.frames)
         stream.thread_type = "AUTO"
         return _decode_count(container, stream)
 
 
-def _decord_only_reader(path: str):
-    """A decord reader for machines without PyAV (then decord is the only way to read videos)."""
-    decord = _import_decord()
-    if decord is None:
-        raise ImportError("neither PyAV nor decord is installed")
-    return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-
-
 @dataclass(frozen=True)
 class VideoInfo:
-    frames: int
-    height: int
+    """What probing one video tells (``probe_video``): the one record of a video's metadata.
+
+    ``VideoEntry`` is this plus where the file sits in a ``VideoIndex``; ``validation_metrics.Clip`` is a window
+    chosen from a video and holds its ``VideoInfo`` as ``video``. No other record repeats these fields.
+    """
+    frames: int  # frames that decode
+    height: int  # decoded frame size
     width: int
-    fps: float
-    reader: str = "pyav"  # backend to read it with: "decord" when decord opens it and seeks right
+    fps: float  # 0.0 when the container states none
+    # how to read it: "decord" when decord opens it and its random access matches sequential decoding, "pyav"
+    # (sequential decoding), or "jpeg" for a folder of numbered JPEG frames (DAVIS)
+    reader: str = "pyav"
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -311,13 +318,11 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     path = os.fspath(path)
     av = _import_av()
     if av is None:
-        vr = _decord_only_reader(path)
+        vr = _open_decord(path, NO_READER)
         h, w = vr[0].shape[:2]
         return VideoInfo(len(vr), int(h), int(w), float(vr.get_avg_fps()), "decord")
     with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         first = next(iter(container.decode(stream)), None)
         if first is None:
             raise ValueError("no decodable video frame")
@@ -343,16 +348,13 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 # index
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class VideoEntry:
+@dataclass(frozen=True, kw_only=True)
+class VideoEntry(VideoInfo):
+    """A usable video of a ``VideoIndex``: its probed ``VideoInfo`` (inherited fields) plus the file's place in the
+    folder and the size and mtime that probe is valid for (the index cache's key)."""
     path: str  # relative to the data dir, '/'-separated
-    frames: int
-    height: int
-    width: int
-    fps: float
-    size: int
+    size: int  # st_size
     mtime: int  # st_mtime_ns
-    reader: str = "decord"  # "decord" or "pyav" (decord cannot open it or seeks it wrongly)
 
 
 def _warn_skip(rel: str, reason: str, where: str) -> None:
@@ -434,17 +436,13 @@ class VideoIndex:
         payload = {"version": INDEX_VERSION, "data_dir": str(self.data_dir), "files": files}
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".tmp_", suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f, indent=0, sort_keys=True)
-            os.replace(tmp, self.cache_path)  # atomic: concurrent ranks never see half a file
+            # atomic, through a temp file named after this process: concurrent ranks never see half a file
+            atomic_write(self.cache_path, json.dumps(payload, indent=0, sort_keys=True))
         except OSError as exc:
             logger.warning("could not write video index cache %s (%s)", self.cache_path, _describe(exc))
 
     def _probe(self, full: Path) -> dict:
-        info = probe_video(full)
-        return {"frames": info.frames, "height": info.height, "width": info.width, "fps": info.fps,
-                "reader": info.reader}
+        return asdict(probe_video(full))
 
     def _scan(self) -> None:
         cache = self._load_cache()
@@ -476,8 +474,8 @@ class VideoIndex:
             if "error" in rec:
                 self._skip(rel, rec["error"])
                 continue
-            entry = VideoEntry(rel, int(rec["frames"]), int(rec["height"]), int(rec["width"]),
-                               float(rec["fps"]), key["size"], key["mtime"], str(rec["reader"]))
+            entry = VideoEntry(frames=int(rec["frames"]), height=int(rec["height"]), width=int(rec["width"]),
+                               fps=float(rec["fps"]), reader=str(rec["reader"]), path=rel, **key)
             reason = self._reject(entry)
             if reason:
                 self._skip(rel, reason)

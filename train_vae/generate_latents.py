@@ -35,6 +35,7 @@ if __name__ == "__main__" and not __package__:  # run as a script: import this c
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +49,7 @@ from models.config import check_clip_fits, has_teacher, load_config, load_teache
 from models.files import atomic_write, pid_alive
 from models.teachers import weights_sha256
 from train_vae.data import VideoDataset, collate_videos
+from train_vae.settings import clip_size
 from train_vae.latent_dataset import (FORMAT_VERSION, MANIFEST_NAME, SAMPLE_PATTERN, quantize_video, read_manifest,
                                       read_sample_header, sample_name)
 
@@ -188,6 +190,233 @@ def _decision_line(old: dict | None, rebuild: str | None, planned: int, pending:
     return f"finishing it: writing {pending} of {planned} samples, keeping the rest ({'; '.join(why)})"
 
 
+@dataclass
+class _Job:
+    """One generation request, checked: its settings, the dataset that draws the windows (train mode, one window
+    per video and epoch; epoch = clip number), the teacher on its device, the output folder and what the folder's
+    samples are made from (``identity``)."""
+    cfg: dict
+    ds: VideoDataset
+    out: Path
+    teacher: Any
+    device: Any
+    num_frames: int
+    hw: tuple[int, int]
+    clips_per_video: int
+    seed: int
+    frame_stride: int
+    random_flip: bool
+    store_frames: bool
+    fp16: bool
+    identity: dict[str, str]
+
+
+@dataclass
+class _Plan:
+    """Every sample of a job in order (clip, dataset index, file name), the manifest records of those kept from the
+    folder, the dataset indices still to encode per clip, how many of those were there but of a changed source
+    file, and the latent shape of the samples (None until one exists)."""
+    samples: list[tuple[int, int, str]]
+    records: dict[str, dict[str, Any]]
+    pending: dict[int, list[int]]
+    changed: int
+    latent_shape: list[int] | None
+
+    @property
+    def num_pending(self) -> int:
+        return sum(len(v) for v in self.pending.values())
+
+
+def _prepare(cfg: dict | str | os.PathLike, data_dir, output_dir, num_frames: int | None,
+             resolution: int | Sequence[int], clips_per_video: int, seed: int, files: Sequence[str] | None,
+             store_frames: bool, teacher, batch_size: int, fp16: bool, frame_stride: int, random_flip: bool,
+             device, cache_dir) -> _Job:
+    """Check the request, index the videos, make the output folder (deleting ``*.tmp`` leftovers of dead runs), load
+    the teacher unless given and pick its device (given, else the teacher's, else CUDA when available)."""
+    if not isinstance(cfg, dict):
+        cfg = load_config(cfg)
+    if teacher is None and not has_teacher(cfg):
+        raise ValueError(f"config {cfg['name']!r} has no public teacher ({cfg['teacher'].get('note', 'class: none')}): "
+                         f"there is no encoder to generate latents with")
+    num_frames = int(clip_size(cfg)[0] if num_frames is None else num_frames)
+    hw = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
+    if clips_per_video < 1 or batch_size < 1:
+        raise ValueError("clips_per_video and batch_size must be >= 1")
+    check_clip_fits(cfg, num_frames, *hw)
+    teacher_class = str(cfg["teacher"]["class"])
+
+    ds = VideoDataset(data_dir, num_frames=num_frames, resolution=hw, frame_stride=frame_stride,
+                      random_flip=random_flip, train=True, files=files, seed=seed, clips_per_video=1,
+                      cache_dir=cache_dir)
+    out = Path(output_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)
+    if teacher is None:
+        teacher = load_teacher(cfg)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher = teacher.to(device)
+    if device is None:
+        params = next(iter(teacher.parameters()), None) if isinstance(teacher, torch.nn.Module) else None
+        device = params.device if params is not None else "cpu"
+
+    identity = {"config": str(cfg["name"]), "teacher_class": teacher_class,
+                "teacher_sha256": weights_sha256(teacher), "data_dir": str(ds.data_dir), "num_frames": str(num_frames),
+                "resolution": f"{hw[0]}x{hw[1]}", "frame_stride": str(int(frame_stride)), "seed": str(int(seed)),
+                "random_flip": str(bool(random_flip))}
+    return _Job(cfg, ds, out, teacher, device, num_frames, hw, clips_per_video, seed, frame_stride, random_flip,
+                store_frames, fp16, identity)
+
+
+def _decide_about_cache(job: _Job, overwrite: bool, rebuild_stale: bool) -> tuple[dict | None, str | None]:
+    """(the folder's old manifest, or None; why all its samples are rebuilt, or None to reuse what matches). A
+    rebuild deletes the samples and the manifest now (``cache_decision`` says when, and raises when it may not)."""
+    old, old_problem = _old_manifest(job.out)
+    rebuild = cache_decision(old, old_problem, job.identity, overwrite, rebuild_stale, str(job.out))
+    if rebuild:
+        _remove_samples(job.out)
+        old = None
+    return old, rebuild
+
+
+def plan_samples(job: _Job, reuse: bool) -> _Plan:
+    """Every (clip, video) sample of the job, in order; with ``reuse``, a sample file already there is kept when it
+    still matches the job and its source file (``_existing_ok``), and the rest are pending."""
+    plan = _Plan(samples=[], records={}, pending={}, changed=0, latent_shape=None)
+    for clip in range(job.clips_per_video):
+        for idx in range(len(job.ds)):
+            entry = job.ds.entries[idx]
+            name = sample_name(entry.path, clip)
+            plan.samples.append((clip, idx, name))
+            ok, head = (_existing_ok(job.out / name, job.identity, (entry.size, entry.mtime), job.store_frames)
+                        if reuse else (False, None))
+            if ok:
+                meta = head["metadata"]
+                plan.records[name] = _record(name, meta.get("source", entry.path), clip, int(meta.get("index", idx)),
+                                             head["frame_indices"], head["crop"], head["scale_size"], head["flip"],
+                                             head["has_frames"], (entry.size, entry.mtime))
+            else:
+                plan.changed += head is not None
+                plan.pending.setdefault(clip, []).append(idx)
+    if plan.records:
+        first = next(iter(plan.records))
+        plan.latent_shape = list(read_sample_header(job.out / first)["shapes"]["latents"])
+    return plan
+
+
+def write_manifest(job: _Job, plan: _Plan, complete: bool, stats: dict | None = None) -> None:
+    """Rewrite ``manifest.json`` (atomically): the job's settings and identity, and the records of the samples
+    written so far, in plan order; ``complete`` once every planned sample is there; ``stats`` of this run."""
+    cfg, teacher = job.cfg, job.teacher
+    samples = [plan.records[name] for _, _, name in plan.samples if name in plan.records]
+    latent_channels = getattr(teacher, "latent_channels", cfg.get("latent_channels"))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "complete": complete,
+        "config": str(cfg["name"]),
+        "config_path": cfg.get("path"),
+        "teacher_class": job.identity["teacher_class"],
+        "latent_channels": int(latent_channels) if latent_channels is not None else None,
+        "compression": list(getattr(teacher, "compression", cfg.get("compression")) or []),
+        "num_frames": job.num_frames,
+        "resolution": list(job.hw),
+        "frame_stride": int(job.frame_stride),
+        "seed": int(job.seed),
+        "random_flip": bool(job.random_flip),
+        "clips_per_video": int(job.clips_per_video),
+        "store_frames": bool(job.store_frames),
+        "latent_dtype": "float16" if job.fp16 else "float32",
+        "latent_shape": plan.latent_shape,
+        "data_dir": str(job.ds.data_dir),
+        "identity": job.identity,
+        "frames_encoding": "uint8 (T, H, W, 3) = round((video + 1) * 127.5) of the float video in [-1, 1] "
+                           "the encoder saw; video = frames / 127.5 - 1",
+        "num_videos": len(job.ds),
+        "num_samples": len(samples),
+        "last_run": stats,
+        "samples": samples,
+    }
+    atomic_write(job.out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+
+
+def _write_sample(job: _Job, plan: _Plan, clip: int, idx: int, batch: dict, i: int, z: torch.Tensor) -> None:
+    """Write sample ``i`` of a loader batch (dataset index ``idx`` of clip ``clip``, latents ``z``) as its
+    ``.safetensors`` file, atomically, with the window, crop and flip it was made from, and record it in the plan."""
+    name = sample_name(job.ds.entries[idx].path, clip)
+    if not torch.isfinite(z).all():
+        raise RuntimeError(f"non-finite latents for {batch['path'][i]!r} clip {clip}"
+                           + (" (float16 overflow: drop --fp16)" if job.fp16 else ""))
+    tensors = {
+        "latents": z.contiguous(),
+        "frame_indices": torch.tensor(batch["frame_indices"][i], dtype=torch.int64),
+        "crop": torch.tensor(batch["crop"][i], dtype=torch.int64),
+        "scale_size": torch.tensor(batch["scale_size"][i], dtype=torch.int64),
+        "flip": torch.tensor([int(batch["flip"][i])], dtype=torch.uint8),
+    }
+    if job.store_frames:
+        tensors["frames"] = quantize_video(batch["video"][i])
+    src = batch["path"][i]
+    entry = job.ds.entries[idx]
+    metadata = {
+        **job.identity,
+        "format_version": str(FORMAT_VERSION),
+        "source": src,
+        "clip": str(clip),
+        "index": str(idx),
+        # the source file as encoded: a later run regenerates the sample when it changed
+        "source_size": str(entry.size), "source_mtime": str(entry.mtime),
+        # original frame size: lets LatentDataset notice a changed file
+        "source_height": str(entry.height), "source_width": str(entry.width),
+    }
+    atomic_write(job.out / name, safetensors_save(tensors, metadata=metadata))
+    plan.records[name] = _record(name, src, clip, idx, batch["frame_indices"][i], batch["crop"][i],
+                                 batch["scale_size"][i], batch["flip"][i], job.store_frames, (entry.size, entry.mtime))
+
+
+def encode_pending(job: _Job, plan: _Plan, batch_size: int, num_workers: int, progress: bool) -> int:
+    """Encode the plan's pending samples clip by clip (``teacher.encode`` of the float32 clips, ``batch_size`` at a
+    time), write each one, and rewrite the manifest every ``MANIFEST_EVERY`` samples and after every clip; returns
+    how many were written. All latents must have one shape."""
+    out, ds, teacher, device = job.out, job.ds, job.teacher, job.device
+    n_skipped = len(plan.samples) - plan.num_pending
+    bar = tqdm(total=len(plan.samples), initial=n_skipped, desc=f"latents -> {out.name}", unit="clip",
+               disable=not progress, dynamic_ncols=True)
+    written = since_manifest = 0
+    try:
+        for clip in sorted(plan.pending):
+            ds.set_epoch(clip)  # before the loader iterator exists, so workers copy the right epoch
+            loader = DataLoader(Subset(ds, plan.pending[clip]), batch_size=batch_size, shuffle=False,
+                                num_workers=num_workers, collate_fn=collate_videos,
+                                pin_memory=torch.device(device).type == "cuda")
+            pos = 0
+            for batch in loader:
+                video = batch["video"]
+                with torch.no_grad():
+                    lat = teacher.encode(video.to(device, non_blocking=True)).float().cpu()
+                if lat.shape[0] != video.shape[0]:
+                    raise RuntimeError(f"teacher returned {lat.shape[0]} latents for {video.shape[0]} clips")
+                if plan.latent_shape is None:
+                    plan.latent_shape = list(lat.shape[1:])
+                elif list(lat.shape[1:]) != plan.latent_shape:
+                    raise RuntimeError(f"latent shape {tuple(lat.shape[1:])} differs from earlier samples "
+                                       f"{tuple(plan.latent_shape)} in {str(out)!r}")
+                for i in range(video.shape[0]):
+                    _write_sample(job, plan, clip, plan.pending[clip][pos], batch, i,
+                                  lat[i].half() if job.fp16 else lat[i])
+                    pos += 1
+                    written += 1
+                    since_manifest += 1
+                    bar.update(1)
+                if since_manifest >= MANIFEST_EVERY:
+                    write_manifest(job, plan, complete=False)
+                    since_manifest = 0
+            write_manifest(job, plan, complete=False)
+            since_manifest = 0
+    finally:
+        bar.close()
+    return written
+
+
 def generate_latents(
     cfg: dict | str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -226,181 +455,31 @@ def generate_latents(
     other data, teacher or settings is rebuilt from scratch with ``rebuild_stale`` (the trainer's cache) and
     is an error otherwise (SettingsMismatchError; ``overwrite`` rebuilds). One line says which and why
     (``log``, default: stderr).
+
+    The steps: ``_prepare`` (check, index, folder, teacher), ``_decide_about_cache``, ``plan_samples``,
+    ``write_manifest`` (what is there), ``encode_pending``, ``write_manifest`` (complete).
     """
     t_start = time.perf_counter()
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    if not isinstance(cfg, dict):
-        cfg = load_config(cfg)
-    if teacher is None and not has_teacher(cfg):
-        raise ValueError(f"config {cfg['name']!r} has no public teacher ({cfg['teacher'].get('note', 'class: none')}): "
-                         f"there is no encoder to generate latents with")
-    num_frames = int(cfg["num_frames"] if num_frames is None else num_frames)
-    hw = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(v) for v in resolution)
-    if clips_per_video < 1 or batch_size < 1:
-        raise ValueError("clips_per_video and batch_size must be >= 1")
-    check_clip_fits(cfg, num_frames, *hw)
-    teacher_class = str(cfg["teacher"]["class"])
+    job = _prepare(cfg, data_dir, output_dir, num_frames, resolution, clips_per_video, seed, files, store_frames,
+                   teacher, batch_size, fp16, frame_stride, random_flip, device, cache_dir)
+    old, rebuild = _decide_about_cache(job, overwrite, rebuild_stale)
+    plan = plan_samples(job, reuse=not rebuild)
+    n_pending = plan.num_pending
+    n_skipped = len(plan.samples) - n_pending
+    log(f"latent cache {job.out}: " + _decision_line(old, rebuild, len(plan.samples), n_pending, plan.changed))
+    write_manifest(job, plan, complete=n_pending == 0,
+                   stats={"written": 0, "skipped": n_skipped} if n_pending else None)
 
-    # the dataset: train mode, one window per video and epoch; epoch = clip number
-    ds = VideoDataset(data_dir, num_frames=num_frames, resolution=hw, frame_stride=frame_stride,
-                      random_flip=random_flip, train=True, files=files, seed=seed, clips_per_video=1,
-                      cache_dir=cache_dir)
-    out = Path(output_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(out)
-    if teacher is None:
-        teacher = load_teacher(cfg)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        teacher = teacher.to(device)
-    if device is None:
-        params = next(iter(teacher.parameters()), None) if isinstance(teacher, torch.nn.Module) else None
-        device = params.device if params is not None else "cpu"
-
-    identity = {"config": str(cfg["name"]), "teacher_class": teacher_class, "teacher_sha256": weights_sha256(teacher),
-                "data_dir": str(ds.data_dir), "num_frames": str(num_frames), "resolution": f"{hw[0]}x{hw[1]}",
-                "frame_stride": str(int(frame_stride)), "seed": str(int(seed)), "random_flip": str(bool(random_flip))}
-    mpath = out / MANIFEST_NAME
-    old, old_problem = _old_manifest(out)
-    rebuild = cache_decision(old, old_problem, identity, overwrite, rebuild_stale, str(out))
-    if rebuild:
-        _remove_samples(out)
-        old = None
-
-    # plan: every (clip, index); reuse what exists and still matches its source file
-    plan: list[tuple[int, int, str]] = []
-    records: dict[str, dict[str, Any]] = {}
-    pending: dict[int, list[int]] = {}
-    changed = 0
-    for clip in range(clips_per_video):
-        for idx in range(len(ds)):
-            entry = ds.entries[idx]
-            name = sample_name(entry.path, clip)
-            plan.append((clip, idx, name))
-            reuse, head = (False, None) if rebuild else _existing_ok(out / name, identity, (entry.size, entry.mtime),
-                                                                     store_frames)
-            if reuse:
-                meta = head["metadata"]
-                records[name] = _record(name, meta.get("source", entry.path), clip, int(meta.get("index", idx)),
-                                        head["frame_indices"], head["crop"], head["scale_size"], head["flip"],
-                                        head["has_frames"], (entry.size, entry.mtime))
-            else:
-                changed += head is not None
-                pending.setdefault(clip, []).append(idx)
-    n_pending = sum(len(v) for v in pending.values())
-    n_skipped = len(plan) - n_pending
-    log(f"latent cache {out}: " + _decision_line(old, rebuild, len(plan), n_pending, changed))
-
-    latent_shape: list[int] | None = None
-    if records:
-        first = next(iter(records))
-        latent_shape = list(read_sample_header(out / first)["shapes"]["latents"])
-    latent_channels = getattr(teacher, "latent_channels", cfg.get("latent_channels"))
-
-    def write_manifest(complete: bool, stats: dict | None = None) -> None:
-        samples = [records[name] for _, _, name in plan if name in records]
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "complete": complete,
-            "config": str(cfg["name"]),
-            "config_path": cfg.get("path"),
-            "teacher_class": teacher_class,
-            "latent_channels": int(latent_channels) if latent_channels is not None else None,
-            "compression": list(getattr(teacher, "compression", cfg.get("compression")) or []),
-            "num_frames": num_frames,
-            "resolution": list(hw),
-            "frame_stride": int(frame_stride),
-            "seed": int(seed),
-            "random_flip": bool(random_flip),
-            "clips_per_video": int(clips_per_video),
-            "store_frames": bool(store_frames),
-            "latent_dtype": "float16" if fp16 else "float32",
-            "latent_shape": latent_shape,
-            "data_dir": str(ds.data_dir),
-            "identity": identity,
-            "frames_encoding": "uint8 (T, H, W, 3) = round((video + 1) * 127.5) of the float video in [-1, 1] "
-                               "the encoder saw; video = frames / 127.5 - 1",
-            "num_videos": len(ds),
-            "num_samples": len(samples),
-            "last_run": stats,
-            "samples": samples,
-        }
-        atomic_write(mpath, json.dumps(manifest, indent=1) + "\n")
-
-    write_manifest(complete=n_pending == 0, stats={"written": 0, "skipped": n_skipped} if n_pending else None)
-    bar = tqdm(total=len(plan), initial=n_skipped, desc=f"latents -> {out.name}", unit="clip",
-               disable=not progress, dynamic_ncols=True)
-    written = since_manifest = 0
     t_gen = time.perf_counter()
-    try:
-        for clip in sorted(pending):
-            ds.set_epoch(clip)  # before the loader iterator exists, so workers copy the right epoch
-            loader = DataLoader(Subset(ds, pending[clip]), batch_size=batch_size, shuffle=False,
-                                num_workers=num_workers, collate_fn=collate_videos,
-                                pin_memory=torch.device(device).type == "cuda")
-            pos = 0
-            for batch in loader:
-                video = batch["video"]
-                with torch.no_grad():
-                    lat = teacher.encode(video.to(device, non_blocking=True)).float().cpu()
-                if lat.shape[0] != video.shape[0]:
-                    raise RuntimeError(f"teacher returned {lat.shape[0]} latents for {video.shape[0]} clips")
-                if latent_shape is None:
-                    latent_shape = list(lat.shape[1:])
-                elif list(lat.shape[1:]) != latent_shape:
-                    raise RuntimeError(f"latent shape {tuple(lat.shape[1:])} differs from earlier samples "
-                                       f"{tuple(latent_shape)} in {str(out)!r}")
-                for i in range(video.shape[0]):
-                    idx = pending[clip][pos]
-                    pos += 1
-                    name = sample_name(ds.entries[idx].path, clip)
-                    z = lat[i].half() if fp16 else lat[i]
-                    if not torch.isfinite(z).all():
-                        raise RuntimeError(f"non-finite latents for {batch['path'][i]!r} clip {clip}"
-                                           + (" (float16 overflow: drop --fp16)" if fp16 else ""))
-                    tensors = {
-                        "latents": z.contiguous(),
-                        "frame_indices": torch.tensor(batch["frame_indices"][i], dtype=torch.int64),
-                        "crop": torch.tensor(batch["crop"][i], dtype=torch.int64),
-                        "scale_size": torch.tensor(batch["scale_size"][i], dtype=torch.int64),
-                        "flip": torch.tensor([int(batch["flip"][i])], dtype=torch.uint8),
-                    }
-                    if store_frames:
-                        tensors["frames"] = quantize_video(video[i])
-                    src = batch["path"][i]
-                    entry = ds.entries[idx]
-                    metadata = {
-                        **identity,
-                        "format_version": str(FORMAT_VERSION),
-                        "source": src,
-                        "clip": str(clip),
-                        "index": str(idx),
-                        # the source file as encoded: a later run regenerates the sample when it changed
-                        "source_size": str(entry.size), "source_mtime": str(entry.mtime),
-                        # original frame size: lets LatentDataset notice a changed file
-                        "source_height": str(entry.height), "source_width": str(entry.width),
-                    }
-                    atomic_write(out / name, safetensors_save(tensors, metadata=metadata))
-                    records[name] = _record(name, src, clip, idx, batch["frame_indices"][i], batch["crop"][i],
-                                            batch["scale_size"][i], batch["flip"][i], store_frames,
-                                            (entry.size, entry.mtime))
-                    written += 1
-                    since_manifest += 1
-                    bar.update(1)
-                if since_manifest >= MANIFEST_EVERY:
-                    write_manifest(complete=False)
-                    since_manifest = 0
-            write_manifest(complete=False)
-            since_manifest = 0
-    finally:
-        bar.close()
+    written = encode_pending(job, plan, batch_size, num_workers, progress)
     seconds = time.perf_counter() - t_gen
     stats = {"written": written, "skipped": n_skipped, "seconds": round(seconds, 3),
              "samples_per_s": round(written / seconds, 3) if written and seconds > 0 else None,
              "total_seconds": round(time.perf_counter() - t_start, 3)}
-    write_manifest(complete=True, stats=stats)
-    logger.info("latents in %s: %d written, %d already there (%.1f s)", out, written, n_skipped, seconds)
-    return out
+    write_manifest(job, plan, complete=True, stats=stats)
+    logger.info("latents in %s: %d written, %d already there (%.1f s)", job.out, written, n_skipped, seconds)
+    return job.out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,9 +497,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", required=True, help="config name (configs/<name>.yaml) or path")
     p.add_argument("--data_dir", required=True, help="folder of training videos")
     p.add_argument("--output_dir", required=True, help="folder for the latent files and manifest.json")
-    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's)")
+    p.add_argument("--num_frames", type=int, default=None,
+                   help="frames per clip (default: the config's, settings.clip_size)")
     p.add_argument("--resolution", type=int, default=None,
-                   help="square clip size in pixels (default: the config's train.resolution, see train_vae/settings.py)")
+                   help="square clip size in pixels (default: the config's, settings.clip_size)")
     p.add_argument("--clips_per_video", type=int, default=4, help="random windows per video")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--files_from", default=None,
@@ -446,10 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors():
         cfg = load_config(args.config)
-        num_frames = args.num_frames or int(cfg["num_frames"])
-        if args.resolution is None:  # the size the config trains at, so train.py finds this cache current
-            from train_vae.settings import from_config
-            args.resolution = from_config(cfg)[0].resolution
+        frames, size = clip_size(cfg)  # the clips the config trains on, so train.py finds this cache current
+        num_frames = args.num_frames or frames
+        if args.resolution is None:
+            args.resolution = size
         check_clip_fits(cfg, num_frames, args.resolution, args.resolution)
         check_dir(args.data_dir, "--data_dir")
         check_writable_dir(args.output_dir, "--output_dir")

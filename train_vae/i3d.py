@@ -27,7 +27,6 @@ import math
 import os
 import warnings
 import zipfile
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -202,23 +201,15 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def _load_state_dict_file(path: Path) -> dict:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise RuntimeError(f"{path} holds a {type(sd).__name__}, not an I3D state dict")
-    return sd
-
-
 def load_i3d(path: str | os.PathLike | None = None) -> InceptionI3d:
     """Frozen, eval-mode :class:`InceptionI3d` loaded (strict) from ``path`` or from the registry's
     ``i3d_kinetics400`` file (``models.weights.resolve_weight``)."""
+    from models.files import load_strict, read_state_dict
     from models.weights import resolve_weight
 
     p = resolve_weight("i3d_kinetics400", path)
     model = InceptionI3d()
-    model.load_state_dict(_load_state_dict_file(p), strict=True)
+    load_strict(model, read_state_dict(p), f"{p} is not an InceptionI3d state dict")
     return _freeze(model)
 
 

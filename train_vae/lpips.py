@@ -11,12 +11,11 @@ always in eval mode) but differentiable with respect to its inputs, so it can be
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from models.files import CheckpointMismatchError
+from models.files import CheckpointMismatchError, read_state_dict
 from models.weights import resolve_weight
 
 __all__ = ["LPIPS", "CheckpointMismatchError", "alexnet_features", "vgg16_features", "load_backbone_state"]
@@ -59,15 +58,6 @@ def vgg16_features() -> nn.Sequential:
             layers += [nn.Conv2d(c_in, v, kernel_size=3, padding=1), nn.ReLU()]
             c_in = v
     return nn.Sequential(*layers)
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise CheckpointMismatchError(f"{path}: expected a state dict, got {type(sd).__name__}")
-    return dict(sd)
 
 
 def _check_keys(expected: set[str], got: set[str], what: str) -> None:
@@ -131,13 +121,13 @@ class LPIPS(nn.Module):
 
         features = alexnet_features() if net == "alex" else vgg16_features()
         bpath = resolve_weight(backbone_name, backbone_path)
-        load_backbone_state(features, _load_file(bpath), what=f"{net} backbone ({bpath})")
+        load_backbone_state(features, read_state_dict(bpath), what=f"{net} backbone ({bpath})")
         # keep only the layers up to the last tap
         self.features = features[: taps[-1] + 1]
 
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in channels)
         lpath = resolve_weight(linear_name, linear_path)
-        lin_sd = _load_file(lpath)
+        lin_sd = read_state_dict(lpath)
         _check_keys({f"lin{i}.model.1.weight" for i in range(len(channels))}, set(lin_sd), f"LPIPS heads ({lpath})")
         for i, lin in enumerate(self.lins):
             w = lin_sd[f"lin{i}.model.1.weight"]

@@ -1,7 +1,6 @@
 """Training curves: losses (left, log scale) and held-out PSNR of the EMA student vs the teacher (right)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -9,7 +8,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from models.files import atomic_file  # noqa: E402
+
 LOSS_KEYS = ("loss", "l1", "lpips", "g_adv", "d_loss")
+
+
+def _save_png(fig, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG, atomically (a reader never sees half a plot), and close it."""
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def plot_training(history: list[dict], path: Path, teacher_psnr: float | None = None) -> None:
@@ -31,10 +41,7 @@ def plot_training(history: list[dict], path: Path, teacher_psnr: float | None = 
     ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="held-out PSNR")
     ax_psnr.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_png(fig, path)
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
@@ -70,7 +77,4 @@ def plot_runs(runs: dict[str, list[dict]], path: Path, target: float | None = No
            title="held-out PSNR of the EMA student")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_png(fig, path)

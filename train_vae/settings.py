@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainSettings", "apply_overrides", "coerce", "field_type", "from_config", "parse_override", "settings_fields"]
+__all__ = ["TrainSettings", "apply_overrides", "clip_size", "coerce", "field_type", "from_config", "idle_settings",
+           "parse_override", "settings_fields"]
 
 
 def _f(default, help: str, cli: bool = True):
@@ -64,16 +65,19 @@ class TrainSettings:
     seed: int = _f(0, "seed of the data order, crops and initialisation")
     # loss (Turbo-VAED's fixed weights; configs with train.phases set them per phase instead)
     lpips_weight: float = _f(1.0, "weight of LPIPS-VGG in the loss (0: LPIPS is not computed)")
-    lpips_frames: int | None = _f(None, "LPIPS on this many frames drawn from the batch (None: all); needs lpips_weight > 0")
+    lpips_frames: int | None = _f(None, "LPIPS on this many frames drawn from the batch (None: all); "
+                                        "only with lpips_weight > 0")
     distill_weight: float = _f(1.0, "weight of the feature distillation loss (0: no projection heads)")
-    distill_loss: str = _f("l1", "distillation distance: l1 (paper Eq. 4) or mse")
-    distill_head: str = _f("two_layer", "projection head: two_layer (two 1x1x1 convs, paper Table 7) or linear")
+    distill_loss: str = _f("l1", "distillation distance: l1 (paper Eq. 4) or mse; only with distill_weight > 0")
+    distill_head: str = _f("two_layer", "projection head: two_layer (two 1x1x1 convs, paper Table 7) or linear; "
+                                        "only with distill_weight > 0")
     disc_start: int | None = _f(None, "step where the GAN stage starts (None: no GAN; 0 with --init_from: stage 2)")
     disc_weight: float = _f(0.05, "weight of the adversarial loss; only with disc_start set")
     disc_channels: int = _f(32, "width of the 3D PatchGAN discriminator; only with disc_start set")
     disc_lr: float | None = _f(None, "discriminator learning rate (None: lr); only with disc_start set")
     phases: list | None = _f(None, "per-phase loss weights (teacher-derived students, losses.LossSchedule)", cli=False)
-    phase_ramp: float = _f(0.0, "fraction of max_steps over which a phase's weights blend in (with phases)")
+    phase_ramp: float = _f(0.0, "fraction of max_steps over which a phase's weights blend in; only with train.phases "
+                                "in the config")
     # stage 2
     init_from: str | None = _f(None, "stage 2: a finished run's folder (its student/, EMA weights) to start from, "
                                         "with a fresh discriminator and optimizer; applies train.stage2")
@@ -104,13 +108,43 @@ class TrainSettings:
 FIXED_WEIGHT_SETTINGS = ("lpips_weight", "distill_weight", "disc_weight", "disc_start")
 # settings of the teacher-derived student's initialisation (models/derived), meaningless for Turbo-VAED
 DERIVATION_SETTINGS = ("selection", "compensation", "calibration_samples", "calibration_frames")
-# settings that do nothing unless another one is set: {setting: (the one it needs, test of that one's value)}
+# settings that do nothing unless another one is set, in runs with the fixed (Turbo-VAED) loss weights:
+# {setting: (the one it needs, test of the settings, how to set it)}; train.py warns once when one is given alone
+_GAN_ON = ("disc_start", lambda s: s.disc_start is not None, "e.g. --disc_start 0")
+_DISTILL_ON = ("distill_weight", lambda s: s.distill_weight > 0, "--distill_weight > 0")
 NEEDS = {
-    "disc_weight": ("disc_start", lambda s: s.disc_start is not None),
-    "disc_channels": ("disc_start", lambda s: s.disc_start is not None),
-    "disc_lr": ("disc_start", lambda s: s.disc_start is not None),
-    "lpips_frames": ("lpips_weight", lambda s: s.lpips_weight > 0),
+    "disc_weight": _GAN_ON,
+    "disc_channels": _GAN_ON,
+    "disc_lr": _GAN_ON,
+    "lpips_frames": ("lpips_weight", lambda s: s.lpips_weight > 0, "--lpips_weight > 0"),
+    "distill_loss": _DISTILL_ON,
+    "distill_head": _DISTILL_ON,
+    "phase_ramp": ("train.phases", lambda s: bool(s.phases), "a config with train.phases, e.g. flash_taef2"),
 }
+
+
+def idle_settings(s: TrainSettings, named: set[str], derived: bool) -> list[str]:
+    """The rules for settings given (``named``: config section or flags) that do nothing in this run, in one place.
+    Settings that cannot mean anything in this config raise ValueError: fixed loss weights
+    (``FIXED_WEIGHT_SETTINGS``) where ``train.phases`` sets the weights, derivation settings
+    (``DERIVATION_SETTINGS``) for a Turbo-VAED student (``derived`` False). Settings that need another one
+    (``NEEDS``) come back as warning lines; the run goes on without them."""
+    def refuse(keys: tuple[str, ...], message: str) -> None:
+        given = ", ".join("--" + k for k in keys if k in named)
+        if given:
+            raise ValueError(message.format(flags=given))
+
+    name = s.cfg.get("name")
+    if s.phases:
+        refuse(FIXED_WEIGHT_SETTINGS, f"config {name} sets its loss weights per phase (train.phases); "
+                                      "{flags} do nothing there: edit the phases instead")
+    if not derived:
+        refuse(DERIVATION_SETTINGS, "{flags} set how a teacher-derived student is initialised; "
+                                    f"config {name} has a Turbo-VAED student (use a flash_* config)")
+    if s.phases:  # NEEDS speaks of the fixed weights' settings
+        return []
+    return [f"warning: {k} {getattr(s, k)} does nothing in this run: it needs {need} ({how})"
+            for k, (need, on, how) in NEEDS.items() if k in named and not on(s)]
 
 _TYPES = typing.get_type_hints(TrainSettings)
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
@@ -221,7 +255,8 @@ def apply_overrides(cfg: dict, items: list[str]) -> dict:
 
 def from_config(cfg: dict, given: dict | None = None, stage2: bool = False) -> tuple[TrainSettings, set[str]]:
     """The settings of config ``cfg`` (its ``train:`` section over the defaults, then its ``train.stage2`` overlay
-    when ``stage2``, then ``given``), and the names set explicitly (section, overlay or ``given``)."""
+    when ``stage2``, then ``given``; ``num_frames`` unset: the config's ``num_frames``), and the names set explicitly
+    (section, overlay or ``given``)."""
     section = dict(cfg.get("train") or {})
     overlay = dict(section.get("stage2") or {}) if stage2 else {}
     given = dict(given or {})
@@ -231,4 +266,13 @@ def from_config(cfg: dict, given: dict | None = None, stage2: bool = False) -> t
         for k, v in source.items():
             values[k] = coerce(k, v, f"{where}: {k}")
     s = TrainSettings(**values, cfg=cfg)
+    s.num_frames = s.num_frames or cfg.get("num_frames")
     return s, set(values)
+
+
+def clip_size(cfg: dict) -> tuple[int, int]:
+    """(frames, square size in pixels) of the clips config ``cfg`` trains on (``from_config``: its ``train:``
+    section, else the config's ``num_frames`` and the default resolution). The default of every entry point that
+    takes clips (latent caches, validation, tables, derivation), so they see the clips training does."""
+    s, _ = from_config(cfg)
+    return int(s.num_frames), int(s.resolution)

@@ -58,8 +58,8 @@ from train_vae.data import VideoDataset, VideoIndex, collate_videos, make_proced
 from train_vae.losses import (DistillationLoss, LossSchedule, PatchDiscriminator3d, ReconstructionLoss,
                               adaptive_weight, generator_adv_loss, hinge_d_loss)
 from train_vae.metrics import psnr, to_unit
-from train_vae.settings import (DERIVATION_SETTINGS, FIXED_WEIGHT_SETTINGS, NEEDS, TrainSettings, field_type,
-                                apply_overrides, from_config, settings_fields)
+from train_vae.settings import (TrainSettings, apply_overrides, field_type, from_config, idle_settings,
+                                settings_fields)
 
 # ---- small pieces of training state --------------------------------------------------------------
 class EMA:
@@ -165,27 +165,13 @@ def parse_args(argv=None) -> TrainSettings:
     s, named = from_config(cfg, given)
     if s.init_from:  # stage 2: the config's train.stage2 recipe over its train: section
         s, named = from_config(cfg, given, stage2=True)
-    if s.phases:
-        clash = [k for k in FIXED_WEIGHT_SETTINGS if k in named]
-        if clash:
-            raise ValueError(f"config {cfg['name']} sets its loss weights per phase (train.phases); "
-                             f"{', '.join('--' + k for k in clash)} do nothing there: edit the phases instead")
-    else:
-        for k, (need, on) in NEEDS.items():  # said once, at the start; the run goes on without them
-            if k in named and not on(s):
-                print(f"warning: {k} {getattr(s, k)} does nothing in this run: it needs {need} "
-                      f"({'e.g. --disc_start 0' if need == 'disc_start' else '--lpips_weight > 0'})",
-                      file=sys.stderr, flush=True)
+    for line in idle_settings(s, named, is_derived(cfg)):  # said once, at the start; the run goes on without them
+        print(line, file=sys.stderr, flush=True)
     if is_derived(cfg):  # a bad layout or derivation setting fails here, before any data or teacher work
         from models.config import default_teacher_config
         from models.derived.pruning import check_derivation_settings, student_kwargs
         student_kwargs(cfg, default_teacher_config(cfg))
         check_derivation_settings(s.selection, s.compensation)
-    else:
-        clash = [k for k in DERIVATION_SETTINGS if k in named]
-        if clash:
-            raise ValueError(f"{', '.join('--' + k for k in clash)} set how a teacher-derived student is initialised; "
-                             f"config {cfg['name']} has a Turbo-VAED student (use a flash_* config)")
     if "grad_accum" in given and "effective_batch" not in given:
         s.effective_batch = None  # the explicit accumulation wins over the config's target
     elif "grad_accum" in given:
@@ -194,7 +180,6 @@ def parse_args(argv=None) -> TrainSettings:
         print(f"note: config {cfg['name']} trains in {s.mixed_precision} on a GPU; no GPU here, so fp32 "
               f"(--mixed_precision {s.mixed_precision} forces it)", file=sys.stderr, flush=True)
         s.mixed_precision = "no"
-    s.num_frames = s.num_frames or cfg["num_frames"]
     s.output_dir = s.output_dir or f"outputs/{cfg['name']}"
     for key in ("output_dir", "data_dir", "latents_dir", "init_from"):  # from where the command was given
         if getattr(s, key):
@@ -595,20 +580,19 @@ class Trainer:
         return psnr(to_unit(rec), to_unit(self.val_video)).mean().item()
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step_N atomically (temp folder, then rename), then point ``latest`` at it."""
+        """Write checkpoints/step_N atomically (``atomic_dir``: temp folder, then rename), then point ``latest`` at it.
+        Every process writes its part (its RNG state) into the folder; the main process makes and renames it."""
         acc = self.acc
         name = f"step_{self.progress.step:06d}"
-        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=False)
+        final = self.ckpt_dir / name
+        with atomic_dir(final, writer=acc.is_main_process) as tmp:
+            acc.wait_for_everyone()  # the main process has made the folder before anyone writes to it
+            acc.save_state(str(tmp), safe_serialization=False)
+            if acc.is_main_process:
+                self.ema_student().save_pretrained(tmp / "student")
+                atomic_write(tmp / "settings.json", json.dumps(self.s.to_dict(), indent=1))
+            acc.wait_for_everyone()  # every process has written its part before the folder is renamed
         if acc.is_main_process:
-            self.ema_student().save_pretrained(tmp / "student")
-            atomic_write(tmp / "settings.json", json.dumps(self.s.to_dict(), indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
             atomic_write(self.ckpt_dir / "latest", name)
             done = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
             for old in done[: max(0, len(done) - self.s.keep_checkpoints)]:

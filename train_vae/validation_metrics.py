@@ -55,10 +55,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from train_vae.data import VideoInfo
 from train_vae.i3d import I3D_MIN_FRAMES
 
 __all__ = [
-    "Clip", "check_request", "list_clips", "window_starts", "load_clip",
+    "Clip", "add_request_arguments", "check_request", "list_clips", "window_starts", "load_clip",
     "read_clip_frames", "resize_crop_video", "check_geometry", "summarize",
     "markdown_table", "main",
 ]
@@ -80,12 +81,13 @@ def check_request(config: str, student: str, data: str | os.PathLike, num_frames
     None for ``--student teacher``, frames per clip). UserError with one message otherwise."""
     from models.cli import UserError, user_errors
     from models.config import check_clip_fits, has_teacher, load_config, load_student as load_trained
+    from train_vae.settings import clip_size
 
     with user_errors():
         cfg = load_config(config)
         if not has_teacher(cfg):
             raise UserError(f"--config {config}: has no public teacher to compare with; pick another config")
-        frames = num_frames or int(cfg["num_frames"])
+        frames = num_frames or clip_size(cfg)[0]
         _, ch, cw = cfg["compression"]
         size = resolution or max(ch, cw)  # None: the frame's own size, cropped to multiples (validation_videos)
         check_clip_fits(cfg, frames, size, size)
@@ -102,16 +104,18 @@ def check_request(config: str, student: str, data: str | os.PathLike, num_frames
 
 @dataclass(frozen=True)
 class Clip:
-    clip_id: int
-    path: str  # relative to the data folder ('/'-separated), or the file name for a single file
-    full_path: str
+    """A window chosen for evaluation: ``num_frames`` consecutive frames from ``start`` of one video.
+
+    The video's metadata (frame count, size, fps, reader) is its ``VideoInfo`` (``video``, from
+    ``train_vae.data``, the one record of it); this record adds only what names the source and picks the window.
+    """
+    clip_id: int  # position in the clip list
+    path: str  # name in reports: relative to the data folder ('/'-separated), the file name for a single file,
+    # the list entry of a UCF-101 list, the sequence name of a DAVIS folder
+    full_path: str  # what to read: the video file, or the folder of a DAVIS sequence's JPEG frames
+    video: VideoInfo
     start: int  # first frame of the window
     num_frames: int
-    video_frames: int
-    height: int
-    width: int
-    fps: float
-    reader: str
 
     @property
     def frame_indices(self) -> list[int]:
@@ -145,22 +149,22 @@ def list_clips(data: str | os.PathLike, num_frames: int, clips_per_video: int = 
         info = probe_video(p)
         if info.frames < num_frames:
             raise ValueError(f"{str(p)!r} has {info.frames} frames, fewer than --num_frames {num_frames}")
-        entries = [(p.name, str(p.resolve()), info.frames, info.height, info.width, info.fps, info.reader)]
+        entries = [(p.name, str(p.resolve()), info)]
     elif p.is_dir():
         index = VideoIndex(p, num_frames=num_frames, min_short_side=min_short_side)
-        entries = [(e.path, str(index.data_dir / e.path), e.frames, e.height, e.width, e.fps, e.reader)
-                   for e in index.entries]
+        entries = [(e.path, str(index.data_dir / e.path), e) for e in index.entries]
     else:
         raise FileNotFoundError(f"data path {str(p)!r} is neither a video file nor a folder")
     return _windows(entries, num_frames, clips_per_video, max_clips)
 
 
-def _windows(entries: list[tuple], num_frames: int, clips_per_video: int, max_clips: int | None) -> list[Clip]:
-    """Clips of (rel, full path, frames, height, width, fps, reader) entries, in order, ``clips_per_video`` each."""
+def _windows(entries: list[tuple[str, str, VideoInfo]], num_frames: int, clips_per_video: int,
+             max_clips: int | None) -> list[Clip]:
+    """Clips of (name, full path, ``VideoInfo``) entries, in order, ``clips_per_video`` each."""
     clips: list[Clip] = []
-    for rel, full, frames, h, w, fps, reader in entries:
-        for s in window_starts(frames, num_frames, clips_per_video):
-            clips.append(Clip(len(clips), rel, full, s, num_frames, frames, h, w, fps, reader))
+    for rel, full, info in entries:
+        for s in window_starts(info.frames, num_frames, clips_per_video):
+            clips.append(Clip(len(clips), rel, full, info, s, num_frames))
             if max_clips is not None and len(clips) >= max_clips:
                 return clips
     return clips
@@ -182,7 +186,7 @@ def data_layout(data: str | os.PathLike) -> str:
 
 
 def ucf101_entries(list_file: str | os.PathLike, video_root: str | os.PathLike | None = None,
-                   num_frames: int = 1) -> list[tuple]:
+                   num_frames: int = 1) -> list[tuple[str, str, VideoInfo]]:
     """The videos of a UCF-101 split list (``Class/v_Class_g01_c01.avi`` per line; a trailing class label, as in
     the train lists, is ignored), in list order, found under ``video_root`` (default: the list's folder, or its
     sibling ``UCF-101/``, the archive's layout). ValueError naming the first missing file or a too short video."""
@@ -205,11 +209,11 @@ def ucf101_entries(list_file: str | os.PathLike, video_root: str | os.PathLike |
         info = probe_video(path)
         if info.frames < num_frames:
             raise ValueError(f"{path} has {info.frames} frames, fewer than {num_frames}")
-        entries.append((rel, str(path.resolve()), info.frames, info.height, info.width, info.fps, info.reader))
+        entries.append((rel, str(path.resolve()), info))
     return entries
 
 
-def davis_entries(root: str | os.PathLike, num_frames: int = 1) -> list[tuple]:
+def davis_entries(root: str | os.PathLike, num_frames: int = 1) -> list[tuple[str, str, VideoInfo]]:
     """DAVIS-2017 sequences (JPEGImages/480p/<sequence>/NNNNN.jpg), sorted by name, each one clip source;
     sequences shorter than ``num_frames`` are left out (with a warning)."""
     from PIL import Image
@@ -224,7 +228,7 @@ def davis_entries(root: str | os.PathLike, num_frames: int = 1) -> list[tuple]:
             continue
         with Image.open(jpgs[0]) as im:
             w, h = im.size
-        entries.append((seq.name, str(seq.resolve()), len(jpgs), h, w, 0.0, "jpeg"))
+        entries.append((seq.name, str(seq.resolve()), VideoInfo(len(jpgs), h, w, 0.0, "jpeg")))
     if not entries:
         raise ValueError(f"DAVIS folder {frames_dir}: no sequence of >= {num_frames} JPEG frames")
     return entries
@@ -245,7 +249,7 @@ def read_clip_frames(clip: Clip) -> torch.Tensor:
     """uint8 (T, H, W, 3) frames of a clip at the video's own size."""
     from train_vae.data import read_video_frames
 
-    if clip.reader == "jpeg":  # a folder of numbered JPEG frames (DAVIS)
+    if clip.video.reader == "jpeg":  # a folder of numbered JPEG frames (DAVIS)
         from PIL import Image
         files = sorted(Path(clip.full_path).glob("*.jpg"))[clip.start:clip.start + clip.num_frames]
         frames = []
@@ -253,7 +257,7 @@ def read_clip_frames(clip: Clip) -> torch.Tensor:
             with Image.open(f) as im:
                 frames.append(torch.from_numpy(np.asarray(im.convert("RGB"))))
         return torch.stack(frames)
-    backend = "pyav" if clip.reader == "pyav" else "auto"
+    backend = "pyav" if clip.video.reader == "pyav" else "auto"
     frames = read_video_frames(clip.full_path, clip.frame_indices, backend=backend, check_seek=False)
     if frames.shape[0] != clip.num_frames:
         raise RuntimeError(f"read {frames.shape[0]} frames of {clip.path}, expected {clip.num_frames}")
@@ -420,14 +424,19 @@ def _all_gather(obj, d: _Dist) -> list:
 # main
 # ---------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from models.cli import ArgumentParser
-    p = ArgumentParser(description="PSNR/SSIM/LPIPS/rFVD of a Turbo-VAED student vs its teacher "
-                                   "(run with torchrun for several processes)")
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of what ``check_request`` checks, shared with validation_videos.py: --config, --student, --data_dir."""
     p.add_argument("--config", required=True, help="config name (configs/*.yaml) or path")
     p.add_argument("--student", required=True,
                    help="save_pretrained folder, training output / checkpoint folder with student/, or 'teacher'")
     p.add_argument("--data_dir", required=True, help="folder of videos (searched recursively) or one video file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.cli import ArgumentParser
+    p = ArgumentParser(description="PSNR/SSIM/LPIPS/rFVD of a Turbo-VAED student vs its teacher "
+                                   "(run with torchrun for several processes)")
+    add_request_arguments(p)
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the config's num_frames)")
     p.add_argument("--resolution", type=int, default=None,
                    help="square clip size (default: the config's train.resolution, see train_vae/settings.py)")
@@ -508,11 +517,11 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 def _run(args: argparse.Namespace) -> dict | None:
     from models.cli import UserError, check_output_file, user_errors
 
-    if args.resolution is None:  # the size the config trains at (its train: section, else the settings default)
+    if args.resolution is None:  # the size the config trains at
         from models.config import load_config
-        from train_vae.settings import from_config
+        from train_vae.settings import clip_size
         with user_errors():
-            args.resolution = from_config(load_config(args.config))[0].resolution
+            args.resolution = clip_size(load_config(args.config))[1]
     cfg, trained, args.num_frames = check_request(args.config, args.student, args.data_dir, args.num_frames,
                                                   args.resolution)
     check_output_file(args.output, "--output")
