@@ -202,7 +202,8 @@ class StudentStream:
             raise RuntimeError("this clip's stream has ended (last=True was pushed); start a new one")
         self.done = last
         for out in self.stream.pieces(self.prepare(latents), last):
-            yield self.finish(out)
+            out = [self.finish(out)]  # a list popped by the yield: this frame keeps no piece it has handed on
+            yield out.pop()
 
     def state_bytes(self) -> int:
         """Memory the decode keeps between chunks (every temporal conv's last frames, every residual's queue)."""

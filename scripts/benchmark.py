@@ -13,10 +13,13 @@ counter / 2, counted on the meta device). Teachers run as diffusers ships them: 
 eval, ``torch.inference_mode``; HunyuanVideo in its default framewise-tiled mode and in one pass.
 A size that is not a multiple of the spatial compression (720x1280 for the 32x LTX and DC-AE students) is
 decoded at the next multiple (736x1280) and centre-cropped, as the exports do (``decoded`` in the results); the
-teacher decodes the same latents. Student-only configs (dcae: no public teacher) and ``--student-only`` report the student alone. The student's
-time and peak memory (``student_peak_mb``) are those of ``student.decode``, which decodes as a stream of
-``student_chunk`` latent frames at a time (``models/streaming.py``): e.g. ``--frames 121`` vs ``--frames 17``
-shows what a long clip costs.
+teacher decodes the same latents. Student-only configs (dcae: no public teacher) and ``--student_only`` report the
+student alone. The student's time and peak memory (``student_peak_mb``) are those of ``student.decode``, which
+decodes as a stream of ``student_chunk`` latent frames at a time (``models/streaming.py``) into the video it
+returns; ``--student_only`` also times ``decode_stream`` with each piece dropped as it comes (``student_stream_*``:
+what a writer of frames holds, without the returned video). ``--frames 121`` vs ``--frames 17`` shows what a
+long clip costs. On CPU the benchmark pins glibc's mmap threshold (``pin_mmap_threshold``) so peak RSS follows
+the tensors alive.
 
 On CPU in float32 the speed-up is reported twice, each side with the same tricks: both sides plain PyTorch
 (the ``speedup`` keys: the architecture alone), and both sides through the CPU transform
@@ -62,6 +65,18 @@ try:
     _LIBC = ctypes.CDLL("libc.so.6")
 except OSError:  # not glibc (macOS, musl): peak memory on CPU is not reported
     _LIBC = None
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 * 1024
+
+
+def pin_mmap_threshold() -> str:
+    """Give every allocation of at least 128 KiB its own mapping, returned to the system when freed (glibc's
+    default raises this threshold as large blocks are freed, up to 32 MiB, and keeps what it frees in its heap).
+    Then the peak RSS measures the tensors a decode holds, not the allocator's history. Users get the same
+    (and a lower peak) with ``MALLOC_MMAP_THRESHOLD_=131072``. Returns how CPU memory was measured."""
+    if _LIBC is None or not _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+        return "allocator default"
+    return f"glibc, mmap threshold pinned at {MMAP_THRESHOLD // 1024} KiB"
 
 
 def _proc_status_kb(field: str) -> int:
@@ -187,7 +202,8 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
            "latent_shape": list(shape),
            "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": args.repeats,
            "warmup": args.warmup, "teacher_mode": "diffusers default: eval, torch.inference_mode, " + args.dtype,
-           "student_params": n_params(student), "student_chunk": student.default_chunk, "note": note}
+           "student_params": n_params(student), "student_chunk": student.default_chunk, "memory": args.memory,
+           "note": note}
 
     teacher, modes = None, {}
     if args.student_only:
@@ -214,6 +230,8 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
         runners.update({f"teacher ({m}){side}": (lambda fn: (lambda: crop(fn(z))))(teacher_decode_fn(t_model, s))
                         for m, s in modes.items()})
         runners[f"student{side}"] = (lambda model: (lambda: crop(student_decode(model, z))))(s_model)
+        if args.student_only:
+            runners[f"student (stream){side}"] = (lambda model: (lambda: student_stream(model, z)))(s_model)
     print(f"[{name}] latents {tuple(shape)} -> video {frames}x{dec_h}x{dec_w}"
           f"{f' cropped to {height}x{width}' if (dec_h, dec_w) != (height, width) else ''}, {args.device} {args.dtype}, "
           f"{torch.get_num_threads()} threads", file=sys.stderr, flush=True)
@@ -224,6 +242,9 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     s = timing["student"]
     res.update(student_ms=s["ms"], student_fps=frames * 1e3 / s["ms"], student_peak_mb=s["peak_mb"],
                student_all_ms=s["all_ms"], student_macs=count_macs(meta_copy(student), z.to("meta")))
+    if "student (stream)" in timing:
+        res.update(student_stream_ms=timing["student (stream)"]["ms"],
+                   student_stream_peak_mb=timing["student (stream)"]["peak_mb"])
     if teacher is not None:
         res["teacher_params"] = teacher.decoder_parameters()
         res["teacher_modes"] = {}
@@ -259,11 +280,21 @@ def student_decode(student, z: torch.Tensor) -> torch.Tensor:
         return student.decode(z)
 
 
+def student_stream(student, z: torch.Tensor) -> int:
+    """The decode of a user who writes frames out as they come (``decode_stream``): no whole video is kept, so
+    its peak memory is what streaming holds. Returns the frame count."""
+    with torch.inference_mode():
+        return sum(piece.shape[2] for piece in student.decode_stream(z))
+
+
 def fast_side(timing: dict, modes: dict, frames: int) -> dict:
-    """Student time and speed-ups with ``cpu_fast`` on both sides."""
+    """Student time, peak memory and speed-ups with ``cpu_fast`` on both sides."""
     s = timing["student" + FAST]
     out = {"student_ms": s["ms"], "student_fps": frames * 1e3 / s["ms"], "student_all_ms": s["all_ms"],
-           "teacher_modes": {}}
+           "student_peak_mb": s["peak_mb"], "teacher_modes": {}}
+    if "student (stream)" + FAST in timing:
+        out.update(student_stream_ms=timing["student (stream)" + FAST]["ms"],
+                   student_stream_peak_mb=timing["student (stream)" + FAST]["peak_mb"])
     for m in modes:
         t = timing[f"teacher ({m}){FAST}"]
         out["teacher_modes"][m] = {"ms": t["ms"], "all_ms": t["all_ms"], "speedup": t["ms"] / s["ms"],
@@ -309,6 +340,9 @@ def print_single(res: dict) -> None:
              t["mac_ratio"]) for m, t in res.get("teacher_modes", {}).items()]
     rows.append(("student", res["student_params"], res["student_macs"], res["student_ms"], res["student_fps"],
                  res["student_peak_mb"], None, None))
+    if "student_stream_ms" in res:
+        rows.append(("student (stream)", res["student_params"], res["student_macs"], res["student_stream_ms"],
+                     res["frames"] * 1e3 / res["student_stream_ms"], res["student_stream_peak_mb"], None, None))
     print(f"{'':22s} {'params':>12s} {'GMACs':>10s} {'ms':>10s} {'FPS':>8s} {'peak MB':>9s} {'student x':>10s} "
           f"{'MAC ratio':>10s}")
     for label, p, macs, ms, fps, mb, sp, mr in rows:
@@ -317,7 +351,9 @@ def print_single(res: dict) -> None:
     fast = res.get("cpu_fast", {"teacher_modes": {}})
     if "student_ms" in fast:
         print(f"student through cpu_fast: {fast['student_ms']:.0f} ms ({res['student_ms'] / fast['student_ms']:.2f}x "
-              f"the plain student)")
+              f"the plain student), peak {_fmt(fast['student_peak_mb'])} MB"
+              + (f"; stream {fast['student_stream_ms']:.0f} ms, peak {_fmt(fast['student_stream_peak_mb'])} MB"
+                 if "student_stream_ms" in fast else ""))
     for m, t in res.get("teacher_modes", {}).items():
         print(f"speedup vs teacher ({m}), both plain: {t['speedup']:.2f}x from medians, {t['speedup_paired']:.2f}x "
               f"median of per-round ratios")
@@ -427,6 +463,7 @@ def _main(argv=None) -> int:
     if args.config and len(args.resolution or []) != 1:
         p.error("--config takes one --resolution (H or HxW)")
     sizes = [parse_resolution(r) for r in (args.resolution or ["512x512", "720x1280"])]
+    args.memory = pin_mmap_threshold() if args.device == "cpu" else "CUDA max allocated"
     if args.config:
         with user_errors():
             load_config(args.config)  # an unknown config fails here, in one line

@@ -3,6 +3,7 @@ speed table of --all."""
 import json
 
 import pytest
+import torch
 
 from test_export import script
 
@@ -12,9 +13,10 @@ def test_ltx_student_at_720x1280_decodes_736_and_crops(tmp_path, monkeypatch):
     shapes = []
     real = bench.measure
 
-    def measure(runners, *a):  # the video each runner hands back, once
+    def measure(runners, *a):  # the video each runner hands back (the stream runners: its frame count), once
         for fn in runners.values():
-            shapes.append(tuple(fn().shape))
+            out = fn()
+            shapes.append(tuple(out.shape) if isinstance(out, torch.Tensor) else out)
         return real(runners, *a)
 
     monkeypatch.setattr(bench, "measure", measure)
@@ -24,7 +26,10 @@ def test_ltx_student_at_720x1280_decodes_736_and_crops(tmp_path, monkeypatch):
     res = json.loads(out.read_text())
     assert (res["resolution"], res["decoded"], res["frames"]) == ("720x1280", "736x1280", 1)
     assert res["latent_shape"] == [1, 128, 1, 23, 40] and res["student_fps"] > 0
-    assert shapes == [(1, 3, 1, 720, 1280)] * 2  # the plain student and the one through cpu_fast, both cropped
+    # the plain student and the one through cpu_fast, both cropped, each also as a stream of pieces dropped as they come
+    assert shapes == [(1, 3, 1, 720, 1280), 1] * 2
+    assert res["student_stream_ms"] > 0 and res["cpu_fast"]["student_stream_ms"] > 0
+    assert res["memory"].startswith("glibc, mmap threshold pinned")
 
 
 def test_speed_table_has_the_paper_columns():

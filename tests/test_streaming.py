@@ -118,3 +118,34 @@ state between chunks is still growing towards its bound)."""
         assert state.state_bytes() == 0  # nothing is kept once the clip has ended
     assert 0 < held[2 * short] <= held[short], \
         f"{name}: state between chunks {held[short]} B at {short} latent frames, {held[2 * short]} B at {2 * short}"
+
+
+def test_stream_keeps_no_piece_it_has_handed_on():
+    """Once the caller drops a piece, it is freed while the stream is still suspended: no stage (nor the chain
+    or the student's stream) holds a reference to what it has yielded."""
+    import gc
+    import weakref
+    student = narrow_student("ltx")
+    z = torch.randn(1, student.config.latent_channels, 8, 2, 2)
+    with torch.no_grad():
+        stream = student.decode_stream(z)
+        piece = next(stream)
+        first, ref = piece.shape[2], weakref.ref(piece)
+        del piece
+        gc.collect()
+        assert ref() is None, "a suspended stage keeps the piece it handed on alive"
+        assert first + sum(p.shape[2] for p in stream) == student.num_output_frames(8)
+
+
+def test_pieces_are_capped_in_bytes(monkeypatch):
+    """With ``PIECE_BYTES`` below one frame, every piece between stages is a single frame and the video still
+    equals the one-pass decode."""
+    import models.streaming as streaming
+    student = narrow_student("ltx")
+    z = torch.randn(1, student.config.latent_channels, 5, 2, 2)
+    with torch.no_grad():
+        ref = student(z)
+        monkeypatch.setattr(streaming, "PIECE_BYTES", 1)
+        pieces = list(student.decode_stream(z))
+    assert {p.shape[2] for p in pieces} == {1}
+    torch.testing.assert_close(torch.cat(pieces, dim=2), ref, atol=1e-4, rtol=0)
