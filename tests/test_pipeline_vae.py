@@ -123,19 +123,26 @@ def wan():
 PIPELINES = {"ltx": ltx, "hunyuan": hunyuan, "cogvideox": cogvideox, "wan": wan}
 
 
-@pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_pipeline_generates_with_the_student(name):
-    """Two denoising steps; the video is the student's decode of the pipeline's final latents."""
-    pipe, student, kwargs, unpack = PIPELINES[name]()
-    pipe.vae = PipelineVAE.from_teacher(pipe.vae, student)
+def two_steps(pipe, **kwargs):
+    """(the pipeline's output, {"latents": its final latents}) of two denoising steps, tensors out, seeded."""
     final = {}
 
     def keep(p, i, t, tensors):
         final["latents"] = tensors["latents"]
         return {}
 
-    video = pipe(**kwargs, num_inference_steps=2, guidance_scale=1.0, output_type="pt", callback_on_step_end=keep,
-                 generator=torch.Generator().manual_seed(0)).frames  # (B, T, 3, H, W) in [0, 1]
+    out = pipe(**kwargs, num_inference_steps=2, guidance_scale=1.0, output_type="pt", callback_on_step_end=keep,
+               generator=torch.Generator().manual_seed(0))
+    return out, final
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_generates_with_the_student(name):
+    """Two denoising steps; the video is the student's decode of the pipeline's final latents."""
+    pipe, student, kwargs, unpack = PIPELINES[name]()
+    pipe.vae = PipelineVAE.from_teacher(pipe.vae, student)
+    out, final = two_steps(pipe, **kwargs)
+    video = out.frames  # (B, T, 3, H, W) in [0, 1]
     assert video.shape == (1, kwargs["num_frames"], 3, kwargs["height"], kwargs["width"])
     with torch.no_grad():
         want = student.decode(unpack(final["latents"]).float())
@@ -298,15 +305,8 @@ def test_flux2_pipeline_generates_with_the_taef2_student():
     (unpacked and unpatchified: TAEF2's latent space), i.e. the wrapper undoes the pipeline's de-normalisation."""
     pipe, student = flux2()
     pipe.vae = PipelineVAE.from_teacher(pipe.vae, student)
-    final = {}
-
-    def keep(p, i, t, tensors):
-        final["latents"] = tensors["latents"]
-        return {}
-
-    image = pipe(prompt_embeds=torch.randn(1, 8, 16), height=32, width=64, num_inference_steps=2, guidance_scale=1.0,
-                 output_type="pt", callback_on_step_end=keep,
-                 generator=torch.Generator().manual_seed(0)).images  # (B, 3, H, W) in [0, 1]
+    out, final = two_steps(pipe, prompt_embeds=torch.randn(1, 8, 16), height=32, width=64)
+    image = out.images  # (B, 3, H, W) in [0, 1]
     assert image.shape == (1, 3, 32, 64)
     ids = pipe._prepare_latent_ids(torch.zeros(1, 128, 2, 4))
     z = pipe._unpatchify_latents(pipe._unpack_latents_with_ids(final["latents"], ids))  # (1, 32, 4, 8)
