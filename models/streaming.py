@@ -178,13 +178,18 @@ class Chain(Stream):
             return
         stage_out = self.stages[i].pieces(x, last)
         del x  # references held here while later stages run would keep whole pieces alive
+        held = []  # at the clip's end: the newest piece, to go on with the end (one call per stage, not one per piece)
         for y in stage_out:
             pieces = list(y.split(piece_frames(y), dim=2))
             del y
             while pieces:
-                yield from self._run(i + 1, pieces.pop(0), False)
+                if last:
+                    held.append(pieces.pop(0))
+                    if len(held) == 1:
+                        continue
+                yield from self._run(i + 1, held.pop(0) if last else pieces.pop(0), False)
         if last:
-            yield from self._run(i + 1, None, True)
+            yield from self._run(i + 1, held.pop() if held else None, True)
 
 
 class StudentStream:

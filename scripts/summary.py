@@ -52,7 +52,7 @@ def summarize(names: list[str], frames: int = 17, height: int = 256, width: int 
             latent_t += 1
         shape = student.latent_shape_for(student.num_output_frames(latent_t), -(-height // ch) * ch, -(-width // cw) * cw)
         z = torch.zeros(shape, device="meta")
-        s_macs = count_macs(meta_copy(student).decode, z) / 1e9
+        s_macs = count_macs(meta_copy(student), z) / 1e9  # one pass: the streamed decode does the same convolutions
         t_macs = teacher_gmacs(cfg, z)
         rows.append({"config": name, "teacher": cfg["teacher"]["class"],
                      "student_type": "derived" if is_derived(cfg) else "turbo-vaed", "teacher_decoder_params": t,
