@@ -178,18 +178,14 @@ class Chain(Stream):
             return
         stage_out = self.stages[i].pieces(x, last)
         del x  # references held here while later stages run would keep whole pieces alive
-        held = []  # at the clip's end: the newest piece, to go on with the end (one call per stage, not one per piece)
+        pieces: list[Tensor] = []  # at the clip's end the newest one waits, to go on together with the end
         for y in stage_out:
-            pieces = list(y.split(piece_frames(y), dim=2))
+            pieces.extend(y.split(piece_frames(y), dim=2))
             del y
-            while pieces:
-                if last:
-                    held.append(pieces.pop(0))
-                    if len(held) == 1:
-                        continue
-                yield from self._run(i + 1, held.pop(0) if last else pieces.pop(0), False)
+            while len(pieces) > (1 if last else 0):
+                yield from self._run(i + 1, pieces.pop(0), False)
         if last:
-            yield from self._run(i + 1, held.pop() if held else None, True)
+            yield from self._run(i + 1, pieces.pop() if pieces else None, True)
 
 
 class StudentStream:
