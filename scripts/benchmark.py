@@ -242,9 +242,7 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     s = timing["student"]
     res.update(student_ms=s["ms"], student_fps=frames * 1e3 / s["ms"], student_peak_mb=s["peak_mb"],
                student_all_ms=s["all_ms"], student_macs=count_macs(meta_copy(student), z.to("meta")))
-    if "student (stream)" in timing:
-        res.update(student_stream_ms=timing["student (stream)"]["ms"],
-                   student_stream_peak_mb=timing["student (stream)"]["peak_mb"])
+    res.update(stream_fields(timing, ""))
     if teacher is not None:
         res["teacher_params"] = teacher.decoder_parameters()
         res["teacher_modes"] = {}
@@ -287,14 +285,17 @@ def student_stream(student, z: torch.Tensor) -> int:
         return sum(piece.shape[2] for piece in student.decode_stream(z))
 
 
+def stream_fields(timing: dict, side: str) -> dict:
+    """``student_stream_ms`` / ``student_stream_peak_mb`` of one side's stream runner (none without ``--student_only``)."""
+    t = timing.get("student (stream)" + side)
+    return {} if t is None else {"student_stream_ms": t["ms"], "student_stream_peak_mb": t["peak_mb"]}
+
+
 def fast_side(timing: dict, modes: dict, frames: int) -> dict:
     """Student time, peak memory and speed-ups with ``cpu_fast`` on both sides."""
     s = timing["student" + FAST]
     out = {"student_ms": s["ms"], "student_fps": frames * 1e3 / s["ms"], "student_all_ms": s["all_ms"],
-           "student_peak_mb": s["peak_mb"], "teacher_modes": {}}
-    if "student (stream)" + FAST in timing:
-        out.update(student_stream_ms=timing["student (stream)" + FAST]["ms"],
-                   student_stream_peak_mb=timing["student (stream)" + FAST]["peak_mb"])
+           "student_peak_mb": s["peak_mb"], "teacher_modes": {}, **stream_fields(timing, FAST)}
     for m in modes:
         t = timing[f"teacher ({m}){FAST}"]
         out["teacher_modes"][m] = {"ms": t["ms"], "all_ms": t["all_ms"], "speedup": t["ms"] / s["ms"],
