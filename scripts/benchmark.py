@@ -16,7 +16,8 @@ decoded at the next multiple (736x1280) and centre-cropped, as the exports do (`
 teacher decodes the same latents. Student-only configs (dcae: no public teacher) and ``--student_only`` report the
 student alone. The student's time and peak memory (``student_peak_mb``) are those of ``student.decode``, which
 decodes as a stream of ``student_chunk`` latent frames at a time (``models/streaming.py``) into the video it
-returns; ``--student_only`` also times ``decode_stream`` with each piece dropped as it comes (``student_stream_*``:
+returns (``student_video_mb`` of the peak is that video: it grows with the clip whatever the decode holds
+besides); ``--student_only`` also times ``decode_stream`` with each piece dropped as it comes (``student_stream_*``:
 what a writer of frames holds, without the returned video). ``--frames 121`` vs ``--frames 17`` shows what a
 long clip costs. On CPU the benchmark pins glibc's mmap threshold (``pin_mmap_threshold``) so peak RSS follows
 the tensors alive.
@@ -39,6 +40,7 @@ import copy
 import ctypes
 import gc
 import json
+import math
 import statistics
 import sys
 import time
@@ -240,8 +242,10 @@ def bench_config(name: str, args, height: int, width: int, student_dir: str | No
     if FAST in both_sides:
         res["cpu_fast"] = fast_side(timing, modes, frames)
     s = timing["student"]
+    video_mb = math.prod(student.output_shape(shape)) * z.element_size() / 2**20  # in every decode's peak
     res.update(student_ms=s["ms"], student_fps=frames * 1e3 / s["ms"], student_peak_mb=s["peak_mb"],
-               student_all_ms=s["all_ms"], student_macs=count_macs(meta_copy(student), z.to("meta")))
+               student_video_mb=video_mb, student_all_ms=s["all_ms"],
+               student_macs=count_macs(meta_copy(student), z.to("meta")))
     res.update(stream_fields(timing, ""))
     if teacher is not None:
         res["teacher_params"] = teacher.decoder_parameters()
@@ -349,6 +353,7 @@ def print_single(res: dict) -> None:
     for label, p, macs, ms, fps, mb, sp, mr in rows:
         print(f"{label:22s} {_fmt(p / 1e6, 'M', 2):>12s} {_fmt(macs / 1e9, '', 1):>10s} {_fmt(ms):>10s} "
               f"{_fmt(fps, '', 2):>8s} {_fmt(mb):>9s} {_fmt(sp, 'x', 2):>10s} {_fmt(mr, 'x', 2):>10s}")
+    print(f"the student's decode returns a {res['student_video_mb']:,.1f} MB video (part of its peak)")
     fast = res.get("cpu_fast", {"teacher_modes": {}})
     if "student_ms" in fast:
         print(f"student through cpu_fast: {fast['student_ms']:.0f} ms ({res['student_ms'] / fast['student_ms']:.2f}x "

@@ -26,6 +26,7 @@ def test_ltx_student_at_720x1280_decodes_736_and_crops(tmp_path, monkeypatch):
     res = json.loads(out.read_text())
     assert (res["resolution"], res["decoded"], res["frames"]) == ("720x1280", "736x1280", 1)
     assert res["latent_shape"] == [1, 128, 1, 23, 40] and res["student_fps"] > 0
+    assert res["student_video_mb"] == 3 * 736 * 1280 * 4 / 2**20  # the decoded video (the crop is a view of it)
     # the plain student and the one through cpu_fast, both cropped, each also as a stream of pieces dropped as they come
     assert shapes == [(1, 3, 1, 720, 1280), 1] * 2
     assert res["student_stream_ms"] > 0 and res["cpu_fast"]["student_stream_ms"] > 0
