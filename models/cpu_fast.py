@@ -14,7 +14,8 @@ every swapped module runs its plain code):
     kernel <= 3, batch 1, N*C*T*H <= 20480) in favour of a native kernel several times slower; 5D inputs are
     turned ``channels_last_3d`` (channels innermost), a layout the following ops keep, so oneDNN convolves
     without reordering activations. Without autograd the weight is kept in oneDNN's blocked layout
-    (re-packed when the weight or the input shape changes); with autograd stride-1 convs run their backward
+    (re-packed when the weight or the input's channels or frame size change; not for another frame count or
+    batch, which packs the same: a stream's pieces of varying length reuse it); with autograd stride-1 convs run their backward
     pass as oneDNN convolutions too (``_OneDnnConv``);
   * ``RMSNorm``: one fused reduction (``vector_norm``) instead of pow + mean;
   * ``ChannelLayerNorm`` on channels-last input: one ``F.layer_norm`` over the innermost axis instead of six
@@ -120,9 +121,11 @@ def onednn_conv(layer: nn.Module, x: torch.Tensor, add_to: torch.Tensor | None =
         else:
             out = torch.mkldnn_convolution(x, w, layer.bias, *geometry)
         return out if add_to is None else out + add_to
-    key = (w.data_ptr(), w._version, tuple(x.shape))
+    key = (w.data_ptr(), w._version, x.shape[1], *x.shape[-2:])
     cached = _PACKED.get(layer)
     if cached is None or cached[0] is not w or cached[1] != key:
+        cached = None  # the stale packing goes before the new one is made: a large weight is never held twice
+        _PACKED.pop(layer, None)
         reorder = torch._C._nn.mkldnn_reorder_conv3d_weight if w.ndim == 5 else torch._C._nn.mkldnn_reorder_conv2d_weight
         cached = _PACKED[layer] = (w, key, reorder(w.detach().to_mkldnn(), *geometry, list(x.shape)))
     if add_to is not None:

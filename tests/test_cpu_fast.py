@@ -86,6 +86,29 @@ def test_onednn_conv_matches_pytorch_forward_and_backward(layer, shape, channels
         assert close(a, b)
 
 
+def test_packed_weight_serves_every_frame_count_and_is_never_held_twice(monkeypatch):
+    """A no-grad oneDNN conv packs its weight once for pieces of any length (a stream's vary) or batch, and again
+    only for another frame size or an updated weight, the stale packing dropped before the new one is made."""
+    import models.cpu_fast as cf
+    packs = []
+    real = torch._C._nn.mkldnn_reorder_conv3d_weight
+
+    def reorder(w, *args):
+        packs.append((tuple(args[-1]), cf._PACKED.get(layer)))  # the input size, and what is still cached then
+        return real(w, *args)
+
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv3d_weight", reorder)
+    layer = nn.Conv3d(8, 16, 3, padding=(0, 1, 1))
+    with torch.no_grad():
+        for shape in [(1, 8, 5, 6, 6), (1, 8, 3, 6, 6), (2, 8, 12, 6, 6), (1, 8, 5, 4, 4), (1, 8, 5, 4, 4)]:
+            x = torch.randn(shape)
+            assert close(onednn_conv(layer, x), layer(x))
+        layer.weight.mul_(2)
+        assert close(onednn_conv(layer, x), layer(x))
+    assert [size for size, _ in packs] == [(1, 8, 5, 6, 6), (1, 8, 5, 4, 4), (1, 8, 5, 4, 4)]
+    assert all(stale is None for _, stale in packs)
+
+
 @pytest.mark.parametrize("name", ["hunyuan", "ltx", "taef2"])
 def test_cpu_decode_workspace_is_exact_and_leaves_inputs_alone(name):
     """A no-grad decode of the transformed student (buffers reused, residuals summed inside the convs,
