@@ -15,8 +15,8 @@ every swapped module runs its plain code):
     turned ``channels_last_3d`` (channels innermost), a layout the following ops keep, so oneDNN convolves
     without reordering activations. Without autograd the weight is kept in oneDNN's blocked layout
     (re-packed when the weight or the input's channels or frame size change; not for another frame count or
-    batch, which packs the same: a stream's pieces of varying length reuse it); with autograd stride-1 convs run their backward
-    pass as oneDNN convolutions too (``_OneDnnConv``);
+    batch, which packs the same: a stream's pieces of varying length reuse it); with autograd stride-1 convs
+    run their backward pass as oneDNN convolutions too (``_OneDnnConv``);
   * ``RMSNorm``: one fused reduction (``vector_norm``) instead of pow + mean;
   * ``ChannelLayerNorm`` on channels-last input: one ``F.layer_norm`` over the innermost axis instead of six
     full-size temporaries;
