@@ -11,7 +11,7 @@ from test_teachers import TINY
 
 from models.blocks import ChannelLayerNorm
 from models.config import build_student, config_names, load_config, load_teacher
-from models.cpu_fast import FastConvNd, cpu_fast, is_cpu_fast, onednn_conv, _WORKSPACE, Workspace
+from models.cpu_fast import FastConvNd, cpu_fast, is_cpu_fast, onednn_conv, _PACKED, _WORKSPACE, Workspace
 from models.student import TurboVAED
 
 
@@ -89,12 +89,11 @@ def test_onednn_conv_matches_pytorch_forward_and_backward(layer, shape, channels
 def test_packed_weight_serves_every_frame_count_and_is_never_held_twice(monkeypatch):
     """A no-grad oneDNN conv packs its weight once for pieces of any length (a stream's vary) or batch, and again
     only for another frame size or an updated weight, the stale packing dropped before the new one is made."""
-    import models.cpu_fast as cf
     packs = []
     real = torch._C._nn.mkldnn_reorder_conv3d_weight
 
     def reorder(w, *args):
-        packs.append((tuple(args[-1]), cf._PACKED.get(layer)))  # the input size, and what is still cached then
+        packs.append((tuple(args[-1]), _PACKED.get(layer)))  # the input size, and what is still cached then
         return real(w, *args)
 
     monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv3d_weight", reorder)
